@@ -1,0 +1,63 @@
+"""Errors lazyfs reports to its users.
+
+Every error raised on purpose by lazyfs derives from :class:`LazyfsError`; its message is one
+line a person can act on, and the command line prints it without a traceback. Messages never
+contain credentials or tokens.
+"""
+
+from __future__ import annotations
+
+
+class LazyfsError(Exception):
+    """Base of every error lazyfs raises on purpose."""
+
+
+class InvalidReference(LazyfsError, ValueError):
+    """An image reference could not be parsed."""
+
+
+class InvalidDigest(LazyfsError, ValueError):
+    """A content digest is malformed or uses an unsupported algorithm."""
+
+
+class DigestMismatch(LazyfsError):
+    """Content did not hash to the digest it was fetched by."""
+
+
+class ManifestError(LazyfsError):
+    """A manifest, index or image config is malformed or of an unsupported kind."""
+
+
+class PlatformNotFound(LazyfsError):
+    """An image index has no manifest for the requested platform."""
+
+
+class MultipartError(LazyfsError):
+    """A multipart/byteranges response body could not be parsed."""
+
+
+class RegistryError(LazyfsError):
+    """The registry answered with an error, or could not be talked to.
+
+    ``status`` is the HTTP status when there was one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RegistryUnreachable(RegistryError):
+    """The registry could not be reached (DNS, connection, TLS, timeouts) after retries."""
+
+
+class AuthError(RegistryError):
+    """Authentication failed or was required and no usable credentials were found."""
+
+
+class NotFound(RegistryError):
+    """The repository, manifest or blob does not exist."""
+
+
+class CredentialHelperError(LazyfsError):
+    """A ``docker-credential-*`` helper failed."""
