@@ -1,0 +1,869 @@
+"""An asynchronous client for the OCI distribution API (trio + httpx).
+
+:class:`RegistryClient` resolves references to verified manifests and configs, fetches
+blobs whole, streamed, or by byte ranges (several per request where the server allows), and
+pushes blobs and manifests. It handles the parts of talking to real registries that every
+caller would otherwise repeat:
+
+* authentication: Basic and Bearer tokens from the ``WWW-Authenticate`` challenge, with
+  credentials from :class:`~lazyfs.oci.credentials.CredentialStore`;
+* redirects of blob requests to storage URLs, remembered for a short time;
+* bounded retries with backoff on connection errors, timeouts, truncated bodies, ``429``
+  (honouring ``Retry-After``) and ``5xx``;
+* servers that ignore ``Range`` (``200`` with the whole blob) or refuse several ranges in one
+  request (``400``/``416``): the client notices and adapts for that host.
+
+Everything fetched whole is verified against its digest before it is returned. Byte ranges
+cannot be verified here (the digest covers the whole blob): callers verify what they decode
+from them against the layer index's chunk digests.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+import trio
+
+from ..errors import (
+    AuthError,
+    DigestMismatch,
+    LazyfsError,
+    ManifestError,
+    MultipartError,
+    NotFound,
+    PlatformNotFound,
+    RegistryError,
+    RegistryUnreachable,
+)
+from . import mediatypes
+from ._auth import Authenticator, RetryableAuthFailure, scope_for
+from ._transport import (
+    DEFAULT_TIMEOUT,
+    TransferStats,
+    Transport,
+    is_certificate_failure,
+    is_name_resolution_failure,
+)
+from .credentials import CredentialStore
+from .digest import Digest, Verifier
+from .hosts import HostPolicy
+from .manifest import ImageConfig, ImageIndex, ImageManifest, parse_config, parse_manifest
+from .multipart import boundary_from_content_type, parse_byteranges, parse_content_range
+from .platform import Platform, select_manifest
+from .reference import Reference, api_host
+from .retry import RetryPolicy, parse_retry_after
+
+__all__ = ["FetchedManifest", "RegistryClient", "ResolvedImage", "TransferStats"]
+
+log = logging.getLogger("lazyfs.registry")
+
+T = TypeVar("T")
+
+#: Largest manifest accepted (the distribution registry's own limit).
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+#: Largest blob :meth:`RegistryClient.get_blob` keeps in memory unless told otherwise.
+DEFAULT_MAX_BLOB_IN_MEMORY = 64 * 1024 * 1024
+#: How long a storage URL a registry redirected a blob to is used directly.
+REDIRECT_TTL = 60.0
+MAX_REDIRECTS = 5
+#: Ranges per multi-range request (keeps the Range header well below servers' limits).
+MAX_RANGES_PER_REQUEST = 64
+
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_PULL = ("pull",)
+_PUSH = ("pull", "push")
+
+
+class _Retry(Exception):
+    """An attempt failed in a way another attempt may fix."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class _MultiRangeRefused(Exception):
+    """The server will not answer several ranges in one request."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedManifest:
+    """A manifest or index as the registry sent it, with its verified digest."""
+
+    data: bytes
+    media_type: str
+    digest: Digest
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedImage:
+    """An image reference resolved to one platform's verified manifest and config."""
+
+    reference: Reference
+    digest: Digest
+    manifest: ImageManifest
+    manifest_bytes: bytes
+    config: ImageConfig
+    config_bytes: bytes
+    platform: Platform
+    index: ImageIndex | None = None
+    index_digest: Digest | None = None
+
+    @property
+    def pinned(self) -> Reference:
+        """The reference pinned to the manifest actually used."""
+        return self.reference.with_digest(self.digest)
+
+
+@dataclass(slots=True)
+class _Redirect:
+    url: str
+    expires_at: float
+
+
+class RegistryClient:
+    """Talks to OCI registries. Use as ``async with RegistryClient(...) as client``.
+
+    One client serves any number of registries and repositories; per-host state (scheme,
+    tokens, range support, redirect targets) is kept for the client's lifetime.
+    """
+
+    def __init__(
+        self,
+        *,
+        credentials: CredentialStore | None = None,
+        hosts: HostPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        monolithic_upload_limit: int = 32 * 1024 * 1024,
+        upload_chunk_size: int = 16 * 1024 * 1024,
+        range_concurrency: int = 8,
+        redirect_ttl: float = REDIRECT_TTL,
+    ) -> None:
+        self._transport = Transport(hosts or HostPolicy(), timeout=timeout)
+        self._auth = Authenticator(self._transport, credentials or CredentialStore())
+        self._retry = retry or RetryPolicy()
+        self._monolithic_limit = monolithic_upload_limit
+        self._chunk_size = upload_chunk_size
+        self._range_limit = trio.CapacityLimiter(range_concurrency)
+        self._redirect_ttl = redirect_ttl
+        self._redirects: dict[tuple[str, str, str], _Redirect] = {}
+        self._no_multirange: set[str] = set()
+        self._ignores_ranges: set[str] = set()
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    @property
+    def stats(self) -> TransferStats:
+        """Requests and bytes sent and received so far."""
+        return self._transport.stats
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _url(self, ref: Reference, tail: str) -> str:
+        base = await self._transport.base_url(api_host(ref.registry))
+        return f"{base}/v2/{ref.repository}/{tail}"
+
+    async def _send(
+        self,
+        method: str,
+        ref: Reference,
+        url: str,
+        *,
+        scopes: tuple[str, ...],
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send with the registry's credentials; on ``401`` authenticate once and resend."""
+        headers = dict(headers or {})
+        try:
+            auth = await self._auth.header(ref.registry, scopes)
+        except RetryableAuthFailure as exc:
+            raise _Retry(str(exc), retry_after=parse_retry_after(exc.retry_after)) from exc
+        if auth:
+            headers["Authorization"] = auth
+        resp = await self._transport.send(
+            method, url, headers=headers, content=content, stream=stream
+        )
+        if resp.status_code != 401:
+            return resp
+        await resp.aclose()
+        try:
+            auth2 = await self._auth.on_unauthorized(ref.registry, resp, scopes, rejected=auth)
+        except RetryableAuthFailure as exc:
+            raise _Retry(str(exc), retry_after=parse_retry_after(exc.retry_after)) from exc
+        headers["Authorization"] = auth2
+        resp = await self._transport.send(
+            method, url, headers=headers, content=content, stream=stream
+        )
+        if resp.status_code == 401:
+            await resp.aclose()
+            raise AuthError(
+                f"{ref.registry} refused access to {ref.repository} ({'/'.join(scopes)})",
+                status=401,
+            )
+        return resp
+
+    async def _attempts(
+        self,
+        what: str,
+        host: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        retry_digest: bool = True,
+    ) -> T:
+        """Run ``attempt`` until it succeeds, retrying per the policy; map failures to errors.
+
+        Content that fails its digest is fetched again too, unless ``retry_digest`` is off
+        (a stream whose consumer already saw the bytes).
+        """
+        policy = self._retry
+        last: BaseException | None = None
+        for n in range(1, policy.attempts + 1):
+            retry_after = None
+            try:
+                return await attempt()
+            except _Retry as exc:
+                last, retry_after = exc, exc.retry_after
+            except DigestMismatch as exc:
+                if not retry_digest:
+                    raise
+                last = exc
+            except httpx.TransportError as exc:
+                if is_name_resolution_failure(exc):
+                    raise RegistryUnreachable(f"{what}: cannot resolve host {host}") from None
+                if is_certificate_failure(exc):
+                    raise RegistryUnreachable(
+                        f"{what}: TLS certificate of {host} is not trusted "
+                        "(add its CA with --ca-cert, or name it with --insecure-registry)"
+                    ) from None
+                last = exc
+            if n == policy.attempts:
+                break
+            delay = policy.delay(n, retry_after)
+            self._transport.stats.retries += 1
+            log.info(
+                "%s: %s; retrying in %.2fs (attempt %d of %d)",
+                what,
+                _describe(last),
+                delay,
+                n + 1,
+                policy.attempts,
+            )
+            await trio.sleep(delay)
+        assert last is not None
+        if isinstance(last, DigestMismatch):
+            raise last
+        if isinstance(last, _Retry):
+            raise RegistryError(
+                f"{what}: {last} (gave up after {policy.attempts} attempts)", status=last.status
+            )
+        raise RegistryUnreachable(
+            f"{what}: {_describe(last)} (gave up after {policy.attempts} attempts)"
+        )
+
+    async def _check(self, resp: httpx.Response, what: str, ok: Sequence[int] = (200,)) -> None:
+        """Raise the right error for a response whose status is not in ``ok``."""
+        code = resp.status_code
+        if code in ok:
+            return
+        if not resp.is_closed:
+            try:
+                await resp.aread()
+            except httpx.HTTPError:
+                pass
+            finally:
+                await resp.aclose()
+        detail = _registry_error_detail(resp)
+        if code == 429 or code >= 500:
+            raise _Retry(
+                f"registry answered {code}{detail}",
+                status=code,
+                retry_after=parse_retry_after(resp.headers.get("retry-after")),
+            )
+        if code == 404:
+            raise NotFound(f"{what}: not found{detail}", status=code)
+        if code in (401, 403):
+            raise AuthError(f"{what}: access denied ({code}){detail}", status=code)
+        raise RegistryError(f"{what}: registry answered {code}{detail}", status=code)
+
+    # ------------------------------------------------------------------ manifests
+
+    async def get_manifest(self, ref: Reference) -> FetchedManifest:
+        """Fetch the manifest or index ``ref`` names, verified against its digest.
+
+        With a digest in ``ref`` the body must hash to it; with a tag only, the
+        ``Docker-Content-Digest`` header (when sent) must match the body.
+        """
+        what = f"manifest {ref}"
+
+        async def attempt() -> FetchedManifest:
+            url = await self._url(ref, f"manifests/{ref.reference}")
+            resp = await self._send(
+                "GET",
+                ref,
+                url,
+                scopes=(scope_for(ref.repository, _PULL),),
+                headers={"Accept": mediatypes.MANIFEST_ACCEPT},
+            )
+            await self._check(resp, what)
+            data = resp.content
+            if len(data) > MAX_MANIFEST_SIZE:
+                raise ManifestError(
+                    f"{what}: {len(data)} bytes is larger than the {MAX_MANIFEST_SIZE}-byte limit"
+                )
+            if ref.digest is not None:
+                ref.digest.verify(data, what)
+                digest = ref.digest
+            else:
+                digest = Digest.of(data)
+                sent = resp.headers.get("docker-content-digest")
+                if sent:
+                    try:
+                        claimed = Digest(sent)
+                    except LazyfsError:
+                        claimed = None
+                    if claimed is not None:
+                        claimed.verify(data, f"{what} (Docker-Content-Digest)")
+            media_type = resp.headers.get("content-type", "").split(";")[0].strip()
+            if media_type not in mediatypes.MANIFEST_TYPES | mediatypes.INDEX_TYPES:
+                media_type = ""  # generic (application/json...): the body will tell
+            return FetchedManifest(data, media_type, digest)
+
+        return await self._attempts(what, ref.registry, attempt)
+
+    async def resolve(self, ref: Reference, platform: Platform | None = None) -> ResolvedImage:
+        """Resolve ``ref`` to one platform's manifest and config, all verified.
+
+        An index (or Docker manifest list) is narrowed to the manifest for ``platform``
+        (default: this host's). A single manifest is used as it is, unless a platform was
+        asked for explicitly and the image's config says it is another one.
+        """
+        fetched = await self.get_manifest(ref)
+        parsed = parse_manifest(
+            fetched.data, media_type=fetched.media_type or None, where=f"manifest {ref}"
+        )
+        index = index_digest = None
+        wanted = platform or Platform.host()
+        if isinstance(parsed, ImageIndex):
+            index, index_digest = parsed, fetched.digest
+            desc = select_manifest(parsed.manifests, wanted)
+            pinned = ref.with_digest(desc.digest)
+            fetched = await self.get_manifest(pinned)
+            if len(fetched.data) != desc.size:
+                raise ManifestError(
+                    f"manifest {desc.digest} is {len(fetched.data)} bytes, "
+                    f"the index says {desc.size}"
+                )
+            parsed = parse_manifest(
+                fetched.data, media_type=desc.media_type, where=f"manifest {desc.digest}"
+            )
+            if not isinstance(parsed, ImageManifest):
+                raise ManifestError(
+                    f"index {index_digest} points to another index for {desc.platform}"
+                )
+        manifest = parsed
+        config_bytes = await self.get_blob(
+            ref, manifest.config.digest, size=manifest.config.size, max_size=MAX_MANIFEST_SIZE * 4
+        )
+        config = parse_config(config_bytes, expected=manifest.config.digest)
+        actual = config.platform
+        if index is None and platform is not None and not platform.matches(actual):
+            raise PlatformNotFound(f"{ref} is a single-platform image for {actual}, not {platform}")
+        return ResolvedImage(
+            reference=ref,
+            digest=fetched.digest,
+            manifest=manifest,
+            manifest_bytes=fetched.data,
+            config=config,
+            config_bytes=config_bytes,
+            platform=actual,
+            index=index,
+            index_digest=index_digest,
+        )
+
+    # ------------------------------------------------------------------ blobs
+
+    async def _blob_response(
+        self,
+        ref: Reference,
+        digest: Digest,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        ok: Sequence[int] = (200,),
+    ) -> httpx.Response:
+        """The response for a blob, following redirects (remembered for a while)."""
+        what = f"blob {digest} in {ref.name}"
+        headers = {"Accept-Encoding": "identity", **(headers or {})}
+        key = (ref.registry, ref.repository, str(digest))
+        cached = self._redirects.get(key)
+        if cached is not None:
+            if cached.expires_at > time.monotonic():
+                resp = await self._transport.send(
+                    method, cached.url, headers=headers, stream=stream
+                )
+                if resp.status_code in ok:
+                    return resp
+                await resp.aclose()
+                log.debug(
+                    "%s: storage URL answered %d, asking the registry again", what, resp.status_code
+                )
+            self._redirects.pop(key, None)
+
+        url = await self._url(ref, f"blobs/{digest}")
+        registry_origin = _origin(url)
+        scopes = (scope_for(ref.repository, _PULL),)
+        resp = await self._send(method, ref, url, scopes=scopes, headers=headers, stream=stream)
+        hops = 0
+        while resp.status_code in _REDIRECT_CODES:
+            location = resp.headers.get("location")
+            await resp.aclose()
+            if not location:
+                raise RegistryError(f"{what}: redirect without a Location", status=resp.status_code)
+            hops += 1
+            if hops > MAX_REDIRECTS:
+                raise RegistryError(
+                    f"{what}: more than {MAX_REDIRECTS} redirects (a redirect loop?)"
+                )
+            url = urljoin(url, location)
+            if _origin(url) == registry_origin:
+                resp = await self._send(
+                    method, ref, url, scopes=scopes, headers=headers, stream=stream
+                )
+            else:
+                # Never send registry credentials to storage.
+                resp = await self._transport.send(method, url, headers=headers, stream=stream)
+        if hops and resp.status_code in ok:
+            self._redirects[key] = _Redirect(url, time.monotonic() + self._redirect_ttl)
+        await self._check(resp, what, ok)
+        return resp
+
+    async def blob_size(self, ref: Reference, digest: Digest) -> int | None:
+        """The size of a blob if the repository has it, else None."""
+        what = f"blob {digest} in {ref.name}"
+
+        async def attempt() -> int | None:
+            try:
+                resp = await self._blob_response(ref, digest, method="HEAD")
+            except NotFound:
+                return None
+            length = resp.headers.get("content-length")
+            return int(length) if length and length.isdigit() else None
+
+        return await self._attempts(what, ref.registry, attempt)
+
+    async def stream_blob(
+        self,
+        ref: Reference,
+        digest: Digest,
+        sink: Callable[[bytes], object],
+        *,
+        size: int | None = None,
+    ) -> int:
+        """Feed a whole blob to ``sink`` in pieces, then verify it; returns its size.
+
+        ``sink`` may be a plain or an async function. A connection that breaks mid-body is
+        resumed with a ``Range`` request from where it stopped, so ``sink`` sees every byte
+        exactly once, in order. The digest (and ``size``, if given) is checked after the
+        last piece: on :class:`~lazyfs.errors.DigestMismatch` the caller must discard what
+        ``sink`` received.
+        """
+        what = f"blob {digest} in {ref.name}"
+        verifier = Verifier(digest, what, size)
+        received = 0
+
+        async def attempt() -> None:
+            nonlocal received
+            headers = {"Range": f"bytes={received}-"} if received else None
+            resp = await self._blob_response(
+                ref, digest, headers=headers, stream=True, ok=(200, 206)
+            )
+            try:
+                skip = 0
+                if received:
+                    if resp.status_code == 200:
+                        skip = received  # the server ignored Range: drop what we have
+                    else:
+                        start, _, _ = parse_content_range(resp.headers.get("content-range", ""))
+                        if start != received:
+                            raise _Retry(f"resumed at byte {start}, wanted {received}")
+                async for piece in resp.aiter_bytes():
+                    self._transport.count_received(len(piece))
+                    if skip:
+                        if len(piece) <= skip:
+                            skip -= len(piece)
+                            continue
+                        piece, skip = piece[skip:], 0
+                    if size is not None and received + len(piece) > size:
+                        raise DigestMismatch(f"{what}: longer than its declared {size} bytes")
+                    verifier.update(piece)
+                    received += len(piece)
+                    result = sink(piece)
+                    if inspect.isawaitable(result):
+                        await result
+            except MultipartError as exc:
+                raise _Retry(str(exc)) from exc
+            finally:
+                await resp.aclose()
+
+        await self._attempts(what, ref.registry, attempt, retry_digest=False)
+        verifier.finish()
+        return received
+
+    async def get_blob(
+        self,
+        ref: Reference,
+        digest: Digest,
+        *,
+        size: int | None = None,
+        max_size: int = DEFAULT_MAX_BLOB_IN_MEMORY,
+    ) -> bytes:
+        """A whole blob in memory, verified. Refuses blobs larger than ``max_size``."""
+        what = f"blob {digest} in {ref.name}"
+        if size is not None and size > max_size:
+            raise RegistryError(f"{what}: {size} bytes is too large to fetch into memory")
+        buf = bytearray()
+
+        def sink(piece: bytes) -> None:
+            if len(buf) + len(piece) > max_size:
+                raise RegistryError(f"{what}: larger than {max_size} bytes")
+            buf.extend(piece)
+
+        for n in range(1, self._retry.attempts + 1):
+            buf.clear()
+            try:
+                await self.stream_blob(ref, digest, sink, size=size)
+                return bytes(buf)
+            except DigestMismatch:
+                if n == self._retry.attempts:
+                    raise
+                log.info("%s: digest mismatch, fetching it again", what)
+        raise AssertionError("unreachable")
+
+    async def fetch_range(self, ref: Reference, digest: Digest, offset: int, length: int) -> bytes:
+        """``length`` bytes of a blob from ``offset``: unverified, see the module docs."""
+        return (await self.fetch_ranges(ref, digest, [(offset, length)]))[0]
+
+    async def fetch_ranges(
+        self,
+        ref: Reference,
+        digest: Digest,
+        ranges: Sequence[tuple[int, int]],
+        *,
+        blob_size: int | None = None,
+    ) -> list[bytes]:
+        """Several ``(offset, length)`` ranges of a blob, in the order asked, unverified.
+
+        Uses ``multipart/byteranges`` requests while the server accepts them, single-range
+        requests (several at once) otherwise. With ``blob_size`` known, a range reaching past
+        the end is an error here rather than a ``416`` from the server.
+        """
+        for off, length in ranges:
+            if off < 0 or length < 0:
+                raise ValueError(f"bad range ({off}, {length})")
+            if blob_size is not None and off + length > blob_size:
+                raise ValueError(
+                    f"range ({off}, {length}) is past the end of the {blob_size}-byte blob"
+                )
+        results: list[bytes] = [b""] * len(ranges)
+        wanted = [(i, off, length) for i, (off, length) in enumerate(ranges) if length > 0]
+        if not wanted:
+            return results
+        host = api_host(ref.registry)
+
+        async def single(i: int, off: int, length: int) -> None:
+            async with self._range_limit:
+                results[i] = await self._fetch_single(ref, digest, off, length)
+
+        async def batch(items: list[tuple[int, int, int]]) -> None:
+            try:
+                async with self._range_limit:
+                    got = await self._fetch_multi(ref, digest, [(o, n) for _, o, n in items])
+            except _MultiRangeRefused:
+                log.info("%s does not answer multi-range requests; using single ranges", host)
+                self._no_multirange.add(host)
+                async with trio.open_nursery() as inner:
+                    for item in items:
+                        inner.start_soon(single, *item)
+                return
+            for (i, _, _), data in zip(items, got, strict=True):
+                results[i] = data
+
+        async with trio.open_nursery() as nursery:
+            if host in self._ignores_ranges:
+                # Every request brings the whole blob: one request serves all the ranges.
+                nursery.start_soon(batch, wanted)
+            elif len(wanted) == 1 or host in self._no_multirange:
+                for item in wanted:
+                    nursery.start_soon(single, *item)
+            else:
+                for k in range(0, len(wanted), MAX_RANGES_PER_REQUEST):
+                    nursery.start_soon(batch, wanted[k : k + MAX_RANGES_PER_REQUEST])
+        return results
+
+    async def _fetch_single(self, ref: Reference, digest: Digest, off: int, length: int) -> bytes:
+        what = f"bytes {off}-{off + length - 1} of blob {digest} in {ref.name}"
+
+        async def attempt() -> bytes:
+            headers = {"Range": f"bytes={off}-{off + length - 1}"}
+            resp = await self._blob_response(ref, digest, headers=headers, ok=(200, 206))
+            return self._slices(resp, [(off, length)], what, api_host(ref.registry))[0]
+
+        return await self._attempts(what, ref.registry, attempt)
+
+    async def _fetch_multi(
+        self, ref: Reference, digest: Digest, ranges: list[tuple[int, int]]
+    ) -> list[bytes]:
+        what = f"{len(ranges)} ranges of blob {digest} in {ref.name}"
+        spec = ",".join(f"{o}-{o + n - 1}" for o, n in ranges)
+
+        async def attempt() -> list[bytes]:
+            try:
+                resp = await self._blob_response(
+                    ref, digest, headers={"Range": f"bytes={spec}"}, ok=(200, 206)
+                )
+            except RegistryError as exc:
+                if exc.status in (400, 416):
+                    raise _MultiRangeRefused() from exc
+                raise
+            try:
+                return self._slices(resp, ranges, what, api_host(ref.registry))
+            except MultipartError as exc:
+                # A body we cannot make sense of: do not trust this server with multi-range.
+                raise _MultiRangeRefused() from exc
+
+        return await self._attempts(what, ref.registry, attempt)
+
+    def _slices(
+        self, resp: httpx.Response, ranges: list[tuple[int, int]], what: str, host: str
+    ) -> list[bytes]:
+        """Cut the asked ranges out of a 200, single-part 206 or multipart 206 response."""
+        body = resp.content
+        if resp.status_code == 200:
+            if host not in self._ignores_ranges:
+                log.info("%s ignores Range requests; whole blobs will be sent", host)
+                self._ignores_ranges.add(host)
+            parts = [(0, len(body), memoryview(body))]
+        else:
+            boundary = boundary_from_content_type(resp.headers.get("content-type", ""))
+            if boundary is not None:
+                parts = [
+                    (p.start, p.end + 1 - p.start, memoryview(p.data))
+                    for p in parse_byteranges(body, boundary)
+                ]
+            else:
+                start, end, _ = parse_content_range(resp.headers.get("content-range", ""))
+                if len(body) != end + 1 - start:
+                    raise _Retry(
+                        f"{what}: got {len(body)} bytes for a {end + 1 - start}-byte range"
+                    )
+                parts = [(start, len(body), memoryview(body))]
+        out = []
+        for off, length in ranges:
+            for start, size, data in parts:
+                if start <= off and off + length <= start + size:
+                    out.append(bytes(data[off - start : off - start + length]))
+                    break
+            else:
+                if resp.status_code == 200:
+                    raise RegistryError(f"{what}: the blob is only {len(body)} bytes")
+                raise MultipartError(
+                    f"{what}: the response does not cover bytes {off}-{off + length - 1}"
+                )
+        return out
+
+    # ------------------------------------------------------------------ push
+
+    async def push_blob(
+        self,
+        ref: Reference,
+        digest: Digest,
+        source: bytes | bytearray | memoryview | os.PathLike[str] | str,
+        *,
+        mount_from: Sequence[str] = (),
+    ) -> str:
+        """Make sure ``ref``'s repository has the blob; returns how.
+
+        ``"exists"`` if it was there already, ``"mounted"`` if the registry linked it from
+        one of the ``mount_from`` repositories (same registry), ``"uploaded"`` otherwise.
+        ``source`` is the blob's bytes or a path to a file holding them. Blobs up to the
+        monolithic limit go up in one ``PUT``, bigger ones in ``PATCH`` chunks. The
+        registry's digest must match ``digest``.
+        """
+        what = f"push of blob {digest} to {ref.name}"
+        blob = _BlobSource(source)
+        if await self.blob_size(ref, digest) is not None:
+            return "exists"
+        scopes = (scope_for(ref.repository, _PUSH), *(scope_for(r, _PULL) for r in mount_from))
+
+        async def attempt() -> str:
+            location = None
+            for src in mount_from:
+                url = await self._url(
+                    ref, f"blobs/uploads/?mount={quote(str(digest))}&from={quote(src)}"
+                )
+                resp = await self._send("POST", ref, url, scopes=scopes)
+                if resp.status_code == 201:
+                    return "mounted"
+                await self._check(resp, what, ok=(202,))
+                location = _location(resp, url, what)
+                break
+            if location is None:
+                url = await self._url(ref, "blobs/uploads/")
+                resp = await self._send("POST", ref, url, scopes=scopes)
+                await self._check(resp, what, ok=(202,))
+                location = _location(resp, url, what)
+            if blob.size <= self._monolithic_limit:
+                final = _with_query(location, "digest", str(digest))
+                resp = await self._send(
+                    "PUT",
+                    ref,
+                    final,
+                    scopes=scopes,
+                    content=blob.read(0, blob.size),
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+            else:
+                offset = 0
+                while offset < blob.size:
+                    piece = blob.read(offset, min(self._chunk_size, blob.size - offset))
+                    resp = await self._send(
+                        "PATCH",
+                        ref,
+                        location,
+                        scopes=scopes,
+                        content=piece,
+                        headers={
+                            "Content-Type": "application/octet-stream",
+                            "Content-Range": f"{offset}-{offset + len(piece) - 1}",
+                        },
+                    )
+                    await self._check(resp, what, ok=(202,))
+                    location = _location(resp, location, what)
+                    offset += len(piece)
+                final = _with_query(location, "digest", str(digest))
+                resp = await self._send("PUT", ref, final, scopes=scopes, content=b"")
+            await self._check(resp, what, ok=(201, 204))
+            _check_digest_header(resp, digest, what)
+            return "uploaded"
+
+        return await self._attempts(what, ref.registry, attempt)
+
+    async def push_manifest(self, ref: Reference, data: bytes, media_type: str) -> Digest:
+        """Store a manifest or index under ``ref``'s tag (or its digest if it has no tag)."""
+        digest = Digest.of(data)
+        if ref.digest is not None and ref.digest != digest:
+            raise DigestMismatch(f"manifest for {ref}: its content hashes to {digest}")
+        target = ref.tag if ref.tag is not None else str(digest)
+        what = f"push of manifest {target} to {ref.name}"
+
+        async def attempt() -> Digest:
+            url = await self._url(ref, f"manifests/{target}")
+            resp = await self._send(
+                "PUT",
+                ref,
+                url,
+                scopes=(scope_for(ref.repository, _PUSH),),
+                content=data,
+                headers={"Content-Type": media_type},
+            )
+            await self._check(resp, what, ok=(201, 200, 204))
+            _check_digest_header(resp, digest, what)
+            return digest
+
+        return await self._attempts(what, ref.registry, attempt)
+
+
+class _BlobSource:
+    """Bytes in memory or a file, read by (offset, length)."""
+
+    def __init__(self, source: bytes | bytearray | memoryview | os.PathLike[str] | str) -> None:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self._data: memoryview | None = memoryview(source)
+            self._path = None
+            self.size = len(self._data)
+        else:
+            self._data = None
+            self._path = Path(source)
+            self.size = self._path.stat().st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self._data is not None:
+            return bytes(self._data[offset : offset + length])
+        with open(self._path, "rb") as f:  # type: ignore[arg-type]
+            f.seek(offset)
+            data = f.read(length)
+        if len(data) != length:
+            raise LazyfsError(f"{self._path} changed size while it was being pushed")
+        return data
+
+
+def _location(resp: httpx.Response, base: str, what: str) -> str:
+    """The absolute upload URL a registry answered with."""
+    location = resp.headers.get("location")
+    if not location:
+        raise RegistryError(
+            f"{what}: the registry sent no upload location", status=resp.status_code
+        )
+    return urljoin(base, location)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def _with_query(url: str, key: str, value: str) -> str:
+    """Append ``key=value`` to ``url``'s query, keeping the parameters it has."""
+    sep = "&" if urlsplit(url).query else ("" if url.endswith("?") else "?")
+    return f"{url}{sep}{key}={quote(value)}"
+
+
+def _check_digest_header(resp: httpx.Response, digest: Digest, what: str) -> None:
+    sent = resp.headers.get("docker-content-digest")
+    if sent and sent != str(digest):
+        raise DigestMismatch(f"{what}: the registry stored it as {sent}")
+
+
+def _registry_error_detail(resp: httpx.Response) -> str:
+    """``": CODE: message"`` from a registry's JSON error body, when it has one."""
+    try:
+        errors = resp.json().get("errors") or []
+        first = errors[0]
+        code, message = first.get("code", ""), first.get("message", "")
+    except Exception:
+        return ""
+    text = ": ".join(str(x) for x in (code, message) if x)
+    return f" ({text[:200]})" if text else ""
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, httpx.TransportError):
+        return f"connection failed ({type(exc).__name__}: {exc or 'no detail'})"
+    return str(exc)
