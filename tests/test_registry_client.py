@@ -22,7 +22,7 @@ from lazyfs.errors import (
     RegistryUnreachable,
 )
 from lazyfs.oci import mediatypes
-from lazyfs.oci.credentials import CredentialStore, Credentials
+from lazyfs.oci.credentials import Credentials, CredentialStore
 from lazyfs.oci.digest import Digest
 from lazyfs.oci.hosts import HostPolicy
 from lazyfs.oci.manifest import ImageIndex, parse_manifest
@@ -348,7 +348,9 @@ def test_flipped_bits_are_detected_and_refetched(registry, fault_proxy):
     async def main():
         async with client() as c:
             assert await c.get_blob(ref, blob.digest) == blob.data
-            fault_proxy.add_fault(None, FlipBits(offset=10), path_contains=str(blob.digest), times=None)
+            fault_proxy.add_fault(
+                None, FlipBits(offset=10), path_contains=str(blob.digest), times=None
+            )
             with pytest.raises(DigestMismatch):
                 await c.get_blob(ref, blob.digest)
 
@@ -411,7 +413,9 @@ def test_redirect_to_storage_is_followed_and_remembered(registry, fault_proxy):
     image = big_image()
     blob = image.layers[0]
     ref = _pushed_through_proxy(registry, fault_proxy, image)
-    fault_proxy.add_fault(None, RedirectToUpstream(), method="GET", path_contains="/blobs/", times=None)
+    fault_proxy.add_fault(
+        None, RedirectToUpstream(), method="GET", path_contains="/blobs/", times=None
+    )
 
     async def main():
         async with client() as c:

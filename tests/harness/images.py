@@ -138,10 +138,12 @@ def build_image(
     working_dir: str = "",
     labels: dict[str, str] | None = None,
     docker: bool = False,
+    layer_annotations: Sequence[dict[str, str] | None] = (),
 ) -> BuiltImage:
     """An image whose layers hold the given entries (or raw tar bytes), bottom first.
 
-    ``docker=True`` makes a Docker schema 2 manifest instead of an OCI one.
+    ``docker=True`` makes a Docker schema 2 manifest instead of an OCI one;
+    ``layer_annotations`` go on the layer descriptors, in order.
     """
     platform = platform or Platform("linux", "amd64")
     tars = [layer if isinstance(layer, bytes) else tar_layer(layer) for layer in layers]
@@ -179,7 +181,10 @@ def build_image(
         "schemaVersion": 2,
         "mediaType": mediatypes.DOCKER_MANIFEST if docker else mediatypes.OCI_MANIFEST,
         "config": config_blob.descriptor(),
-        "layers": [b.descriptor() for b in blobs],
+        "layers": [
+            b.descriptor(layer_annotations[i] if i < len(layer_annotations) else None)
+            for i, b in enumerate(blobs)
+        ],
     }
     manifest_blob = Blob(manifest["mediaType"], json.dumps(manifest).encode())
     return BuiltImage(tuple(blobs), config_blob, manifest_blob, diff_ids)
