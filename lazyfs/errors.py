@@ -61,3 +61,14 @@ class NotFound(RegistryError):
 
 class CredentialHelperError(LazyfsError):
     """A ``docker-credential-*`` helper failed."""
+
+
+class LayerIndexError(LazyfsError):
+    """A layer's index (footer, TOC, tar headers) is malformed, unsafe or inconsistent.
+
+    The message names the layer and, where there is one, the entry.
+    """
+
+
+class ChunkError(LazyfsError):
+    """A chunk could not be decoded or did not match its digest."""

@@ -1,0 +1,446 @@
+"""Writing layers as zstd:chunked, current dialect.
+
+:func:`write_zstd_chunked` turns an uncompressed layer tar into a blob that
+
+* decompresses with any zstd decoder to exactly the tar it was made from (so tools that know
+  nothing of zstd:chunked pull it as an ordinary ``tar+zstd`` layer), and
+* can be read lazily: every non-empty regular file's content starts a new zstd frame and big
+  files are cut into chunks of ``chunk_size`` bytes, one frame each; the TOC (JSON, zstd),
+  the tar-split (JSON lines, zstd) and the 64-byte ``GNUlInUx`` footer follow in skippable
+  frames; the layer descriptor gets the ``io.github.containers.zstd-chunked.*`` annotations.
+
+The bytes of the tar between file contents (headers, PAX records, long-name records, sparse
+maps, padding, the end-of-archive blocks) go into frames of their own, unchanged, so every
+tar feature survives: nothing is re-encoded.
+
+With ``prioritize``, the listed files are moved to the front of the layer (the tar changes,
+so does its diff ID) and the blob offset where they end is recorded in the TOC under
+``lazyfsPrefetchOffset`` and in the annotation ``io.lazyfs.prefetch-offset``; readers
+prefetch the chunks that start before it first.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import os
+import struct
+import tarfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fastcrc
+import orjson
+import zstandard
+
+from ..errors import LayerIndexError
+from ..oci.digest import Digest
+from .annotations import (
+    ZSTD_CHUNKED_MANIFEST_CHECKSUM,
+    ZSTD_CHUNKED_MANIFEST_POSITION,
+    ZSTD_CHUNKED_TARSPLIT_POSITION,
+)
+from .model import normalize_path
+from .toc import LAZYFS_PREFETCH_KEY
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "PREFETCH_ANNOTATION",
+    "TARSPLIT_CHECKSUM_ANNOTATION",
+    "WriteResult",
+    "write_zstd_chunked",
+]
+
+#: Default size of the chunks big files are cut into (see bench/convert for the choice).
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+PREFETCH_ANNOTATION = "io.lazyfs.prefetch-offset"
+TARSPLIT_CHECKSUM_ANNOTATION = "io.github.containers.zstd-chunked.tarsplit-checksum"
+
+_SKIPPABLE_MAGIC = 0x184D2A50
+_FOOTER_MAGIC = b"GNUlInUx"
+_BLOCK = 512
+_COPY = 1 << 20
+
+
+@dataclass
+class WriteResult:
+    """What :func:`write_zstd_chunked` wrote."""
+
+    path: Path
+    digest: Digest
+    size: int
+    diff_id: Digest
+    tar_size: int
+    annotations: dict[str, str]
+    entries: int
+    chunks: int
+    prefetch_offset: int | None = None
+    toc_size: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Member:
+    info: tarfile.TarInfo
+    start: int  # where its first header block starts in the source tar
+    data: int  # where its stored content starts
+    stored: int  # bytes of stored content (sparse files: only the data segments)
+    end: int  # end of its content, padded to a block
+
+
+class _Out:
+    """The blob being written: counts offsets, hashes what it writes."""
+
+    def __init__(self, f, level: int) -> None:
+        self.f = f
+        self.offset = 0
+        self.hash = hashlib.sha256()
+        self.cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
+
+    def raw(self, data: bytes) -> None:
+        self.f.write(data)
+        self.hash.update(data)
+        self.offset += len(data)
+
+    def frame(self, data: bytes) -> tuple[int, int]:
+        """Write ``data`` as one zstd frame; returns its (start, end) in the blob."""
+        start = self.offset
+        self.raw(self.cctx.compress(data))
+        return start, self.offset
+
+    def skippable(self, data: bytes) -> int:
+        """Write a skippable frame holding ``data``; returns the offset of ``data``."""
+        self.raw(struct.pack("<II", _SKIPPABLE_MAGIC, len(data)))
+        start = self.offset
+        self.raw(data)
+        return start
+
+
+def _members(tar_path: Path, layer: str) -> tuple[list[_Member], int]:
+    """The members of a tar with the byte regions each occupies, and the tar's size."""
+    size = tar_path.stat().st_size
+    members = []
+    position = 0
+    try:
+        with tarfile.open(tar_path, "r:", encoding="utf-8", errors="surrogateescape") as tf:
+            for info in tf:
+                stored = 0
+                if info.isreg():
+                    stored = sum(n for _, n in info.sparse) if info.sparse else info.size
+                end = info.offset_data + stored
+                end += -end % _BLOCK
+                members.append(_Member(info, position, info.offset_data, stored, end))
+                position = end
+    except tarfile.TarError as exc:
+        raise LayerIndexError(f"layer {layer}: not a valid tar ({exc})") from None
+    if position > size:
+        raise LayerIndexError(f"layer {layer}: the tar is truncated")
+    return members, size
+
+
+def _rfc3339(mtime: float) -> str:
+    whole = int(mtime // 1)
+    frac = mtime - whole
+    stamp = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(seconds=whole)
+    text = stamp.strftime("%Y-%m-%dT%H:%M:%S")
+    if frac:
+        text += f".{round(frac * 1e9):09d}".rstrip("0")
+    return text + "Z"
+
+
+def _xattrs(info: tarfile.TarInfo) -> dict[str, str]:
+    out = {}
+    for key, value in info.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            raw = value.encode("utf-8", "surrogateescape")
+            out[key[len("SCHILY.xattr.") :]] = base64.b64encode(raw).decode()
+        elif key.startswith("LIBARCHIVE.xattr."):
+            from urllib.parse import unquote
+
+            out[unquote(key[len("LIBARCHIVE.xattr.") :])] = value  # already base64
+    return out
+
+
+_TOC_TYPES = {
+    tarfile.REGTYPE: "reg",
+    tarfile.AREGTYPE: "reg",
+    tarfile.CONTTYPE: "reg",
+    tarfile.GNUTYPE_SPARSE: "reg",
+    tarfile.DIRTYPE: "dir",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.FIFOTYPE: "fifo",
+}
+
+
+def _toc_entry(info: tarfile.TarInfo, layer: str) -> dict:
+    kind = _TOC_TYPES.get(info.type)
+    if kind is None:
+        raise LayerIndexError(f"layer {layer}: entry {info.name!r} has the unsupported tar type {info.type!r}")
+    normalize_path(info.name, layer=layer)  # refuse what would be refused on reading
+    entry: dict = {"type": kind, "name": info.name}
+    if info.linkname:
+        entry["linkName"] = info.linkname
+    if info.mode:
+        entry["mode"] = info.mode
+    if kind == "reg" and info.size:
+        entry["size"] = info.size
+    if info.uid:
+        entry["uid"] = info.uid
+    if info.gid:
+        entry["gid"] = info.gid
+    if info.uname:
+        entry["userName"] = info.uname
+    if info.gname:
+        entry["groupName"] = info.gname
+    entry["modtime"] = _rfc3339(info.mtime)
+    if kind in ("char", "block"):
+        entry["devMajor"] = info.devmajor
+        entry["devMinor"] = info.devminor
+    xattrs = _xattrs(info)
+    if xattrs:
+        entry["xattrs"] = xattrs
+    return entry
+
+
+def _reorder(members: list[_Member], prioritize: Sequence[str], layer: str) -> tuple[list[_Member], int]:
+    """Members with the prioritised files first; returns them and how many were moved."""
+    by_path = {normalize_path(m.info.name, layer=layer): m for m in members}
+    chosen: list[_Member] = []
+    seen: set[int] = set()
+
+    def take(path: str) -> None:
+        m = by_path.get(normalize_path(path, layer=layer))
+        if m is None or id(m) in seen or not (m.info.isreg() or m.info.islnk()):
+            return
+        if m.info.islnk():
+            take(m.info.linkname)  # the target must come before the link in a tar
+        seen.add(id(m))
+        chosen.append(m)
+
+    for path in prioritize:
+        take(path)
+    rest = [m for m in members if id(m) not in seen]
+    return chosen + rest, len(chosen)
+
+
+def write_zstd_chunked(
+    tar_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    layer: str = "layer",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    level: int = 3,
+    prioritize: Sequence[str] = (),
+    progress: Callable[[int], None] | None = None,
+) -> WriteResult:
+    """Write the zstd:chunked form of the tar at ``tar_path`` to ``out_path``.
+
+    ``progress`` is called with the number of tar bytes consumed since its last call.
+    """
+    if chunk_size < 4096:
+        raise ValueError("chunk_size must be at least 4096 bytes")
+    tar_path, out_path = Path(tar_path), Path(out_path)
+    members, tar_size = _members(tar_path, layer)
+    source_end = members[-1].end if members else 0
+    moved = 0
+    if prioritize:
+        members, moved = _reorder(members, prioritize, layer)
+
+    diff = hashlib.sha256()
+    toc_entries: list[dict] = []
+    split: list[bytes] = []
+    chunk_count = 0
+    prefetch_offset = None
+
+    def note_segment(data: bytes) -> None:
+        if data:
+            split.append(
+                orjson.dumps({"type": 2, "payload": base64.b64encode(data).decode(), "position": len(split)})
+            )
+
+    with open(tar_path, "rb") as src, open(out_path, "wb") as f:
+        out = _Out(f, level)
+
+        def read(offset: int, length: int) -> bytes:
+            src.seek(offset)
+            data = src.read(length)
+            if len(data) != length:
+                raise LayerIndexError(f"layer {layer}: the tar is truncated")
+            diff.update(data)
+            if progress:
+                progress(length)
+            return data
+
+        # Tar bytes other than file content go into frames of their own, several members'
+        # headers per frame; the tar-split records them per member (padding first, as
+        # tar-split does), each followed by that member's file record.
+        frame = b""
+        segment = b""
+
+        def flush_frame() -> None:
+            nonlocal frame
+            if frame:
+                out.frame(frame)
+                frame = b""
+
+        for n, m in enumerate(members):
+            entry = _toc_entry(m.info, layer)
+            toc_entries.append(entry)
+            header = read(m.start, m.data - m.start)
+            frame += header
+            note_segment(segment + header)
+            segment = b""
+            if m.stored:
+                flush_frame()
+                chunk_count += _write_content(out, entry, toc_entries, m, read, chunk_size, split)
+                segment = read(m.data + m.stored, m.end - m.data - m.stored)
+                frame = segment
+            else:
+                split.append(_file_record(m.info.name, 0, None, len(split)))
+            if n + 1 == moved:
+                flush_frame()
+                prefetch_offset = out.offset
+        if tar_size > source_end:
+            trailer = read(source_end, tar_size - source_end)
+            frame += trailer
+            segment += trailer
+        note_segment(segment)
+        flush_frame()
+
+        tar_split = b"\n".join(split) + b"\n"
+        split_z = zstandard.ZstdCompressor(level=level).compress(tar_split)
+        toc: dict = {"version": 1, "entries": toc_entries, "tarSplitDigest": str(Digest.of(split_z))}
+        if prefetch_offset is not None:
+            toc[LAZYFS_PREFETCH_KEY] = prefetch_offset
+        toc_json = orjson.dumps(toc)
+        toc_z = zstandard.ZstdCompressor(level=level).compress(toc_json)
+        toc_offset = out.skippable(toc_z)
+        split_offset = out.skippable(split_z)
+        out.skippable(
+            struct.pack(
+                "<7Q",
+                toc_offset,
+                len(toc_z),
+                len(toc_json),
+                1,
+                split_offset,
+                len(split_z),
+                len(tar_split),
+            )
+            + _FOOTER_MAGIC
+        )
+        blob_digest = Digest(f"sha256:{out.hash.hexdigest()}")
+        size = out.offset
+
+    annotations = {
+        ZSTD_CHUNKED_MANIFEST_CHECKSUM: str(Digest.of(toc_z)),
+        ZSTD_CHUNKED_MANIFEST_POSITION: f"{toc_offset}:{len(toc_z)}:{len(toc_json)}:1",
+        ZSTD_CHUNKED_TARSPLIT_POSITION: f"{split_offset}:{len(split_z)}:{len(tar_split)}",
+        TARSPLIT_CHECKSUM_ANNOTATION: str(Digest.of(split_z)),
+    }
+    if prefetch_offset is not None:
+        annotations[PREFETCH_ANNOTATION] = str(prefetch_offset)
+    return WriteResult(
+        path=out_path,
+        digest=blob_digest,
+        size=size,
+        diff_id=Digest(f"sha256:{diff.hexdigest()}"),
+        tar_size=tar_size,
+        annotations=annotations,
+        entries=len(members),
+        chunks=chunk_count,
+        prefetch_offset=prefetch_offset,
+        toc_size=len(toc_json),
+    )
+
+
+def _file_record(name: str, size: int, crc: int | None, position: int) -> bytes:
+    record: dict = {"type": 1, "name": name, "payload": None, "position": position}
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        del record["name"]
+        record["name_raw"] = base64.b64encode(name.encode("utf-8", "surrogateescape")).decode()
+    if size:
+        record["size"] = size
+        record["payload"] = base64.b64encode(struct.pack(">Q", crc or 0)).decode()
+    return orjson.dumps(record)
+
+
+def _write_content(
+    out: _Out,
+    entry: dict,
+    toc_entries: list[dict],
+    m: _Member,
+    read: Callable[[int, int], bytes],
+    chunk_size: int,
+    split: list[bytes],
+) -> int:
+    """Write a regular file's stored content as frames; fill its TOC entries. Returns chunks."""
+    info = m.info
+    # (file offset, length) of each stored data run; holes between runs are zeros.
+    runs = list(info.sparse) if info.sparse else [(0, info.size)]
+    whole = hashlib.sha256()
+    crc = None
+    pieces: list[dict] = []
+    position = 0  # in the file
+    stored = 0  # in the stored content
+    for run_offset, run_length in runs:
+        if run_offset > position:
+            hole = run_offset - position
+            pieces.append({"chunkOffset": position, "chunkSize": hole, "chunkType": "zeros"})
+            _hash_zeros(whole, hole)
+            position = run_offset
+        done = 0
+        while done < run_length:
+            n = min(chunk_size, run_length - done)
+            data = read(m.data + stored, n)
+            whole.update(data)
+            crc = fastcrc.crc64.go_iso(data, crc)
+            start, end = out.frame(data)
+            pieces.append(
+                {
+                    "offset": start,
+                    "endOffset": end,
+                    "chunkOffset": position,
+                    "chunkSize": n,
+                    "chunkDigest": str(Digest.of(data)),
+                }
+            )
+            done += n
+            stored += n
+            position += n
+    if position < info.size:
+        hole = info.size - position
+        pieces.append({"chunkOffset": position, "chunkSize": hole, "chunkType": "zeros"})
+        _hash_zeros(whole, hole)
+    entry["digest"] = f"sha256:{whole.hexdigest()}"
+    first = pieces[0]
+    data_pieces = [p for p in pieces if "offset" in p]
+    if data_pieces:
+        entry["offset"] = data_pieces[0]["offset"]
+        entry["endOffset"] = data_pieces[-1]["endOffset"]
+    if len(pieces) > 1 or "chunkType" in first:
+        entry["chunkSize"] = first["chunkSize"]
+        if "chunkDigest" in first:
+            entry["chunkDigest"] = first["chunkDigest"]
+        if "chunkType" in first:
+            entry["chunkType"] = first["chunkType"]
+        if "offset" in first:
+            entry["offset"] = first["offset"]
+        for piece in pieces[1:]:
+            toc_entries.append({"type": "chunk", "name": info.name, **piece})
+    split.append(_file_record(info.name, m.stored, crc, len(split)))
+    return len(pieces)
+
+
+def _hash_zeros(hasher, n: int) -> None:
+    block = bytes(min(n, _COPY))
+    while n > 0:
+        hasher.update(block[: min(n, len(block))])
+        n -= len(block)
