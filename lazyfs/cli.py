@@ -45,6 +45,25 @@ def _reference(text: str) -> Reference:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _image(text: str) -> str:
+    """A registry reference or an ``oci:DIR[:TAG]`` layout, checked early."""
+    if not text.startswith("oci:"):
+        _reference(text)
+    return text
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (examples: 4096, 512K, 1M)"
+        ) from None
+
+
 def _credentials(text: str) -> Credentials:
     try:
         return Credentials.parse(text)
@@ -100,12 +119,54 @@ def make_client(args: argparse.Namespace) -> RegistryClient:
 async def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect import inspect_image, render_text
 
+    from .oci.store import open_store
+
     async with make_client(args) as client:
-        report = await inspect_image(client, args.ref, args.platform)
+        store = open_store(args.ref, client)
+        report = await inspect_image(store, args.platform, read_indexes=not args.no_index)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(render_text(report))
+    return 0
+
+
+async def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import ConvertOptions, convert_image
+    from .formats.zstd_chunked_writer import DEFAULT_CHUNK_SIZE
+    from .inspect import human_size
+    from .oci.store import open_store
+    from .progress import progress_for
+
+    prioritize: list[str] = []
+    if args.prioritize:
+        try:
+            lines = args.prioritize.read_text().splitlines()
+        except OSError as exc:
+            raise LazyfsError(f"cannot read {args.prioritize}: {exc.strerror}") from None
+        prioritize = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    options = ConvertOptions(
+        chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, level=args.level, prioritize=prioritize
+    )
+    async with make_client(args) as client:
+        src = open_store(args.src, client)
+        dst = open_store(args.dst, client, create=True)
+        with progress_for() as progress:
+            report = await convert_image(src, dst, options, progress)
+    if args.json:
+        layers = [vars(layer) for layer in report.layers]
+        summary = {"digest": str(report.digest), "media_type": report.media_type}
+        print(json.dumps({**summary, "uploads": report.uploads, "layers": layers}, indent=2))
+        return 0
+    for layer in report.layers:
+        if layer.result == "converted":
+            print(
+                f"{layer.source[:19]} -> {layer.digest[:19]}  {human_size(layer.tar_bytes)} tar, "
+                f"{human_size(layer.source_bytes)} -> {human_size(layer.blob_bytes)}"
+            )
+        else:
+            print(f"{layer.source[:19]} kept")
+    print(f"{args.dst} {report.digest}")
     return 0
 
 
@@ -122,12 +183,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("inspect", help="show what an image reference resolves to")
-    p.add_argument(
-        "ref", type=_reference, metavar="REF", help="image reference, e.g. localhost:5000/app:1.0"
-    )
+    p.add_argument("ref", type=_image, metavar="REF", help="registry reference or oci:DIR[:TAG]")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.add_argument(
+        "--no-index", action="store_true", help="judge layer formats by annotations only"
+    )
     add_registry_options(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "convert",
+        help="rewrite an image's layers as zstd:chunked (lazily mountable, still pullable by anyone)",
+    )
+    p.add_argument("src", type=_image, metavar="SRC", help="registry reference or oci:DIR[:TAG]")
+    p.add_argument("dst", type=_image, metavar="DST", help="registry reference or oci:DIR[:TAG]")
+    p.add_argument(
+        "--chunk-size",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="cut files larger than this into chunks (default 1M; K/M suffixes)",
+    )
+    p.add_argument("--level", type=int, default=3, help="zstd compression level (default 3)")
+    p.add_argument(
+        "--prioritize",
+        type=Path,
+        metavar="FILE",
+        help="file listing paths (one per line) to put first in each layer and prefetch first",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_registry_options(p)
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -7,20 +7,45 @@ people.
 from __future__ import annotations
 
 from .formats.annotations import lazy_format_from_annotations
+from .formats.detect import find_layer_index
 from .oci.platform import Platform
-from .oci.reference import Reference
-from .oci.registry import RegistryClient, ResolvedImage
+from .oci.resolve import ResolvedImage
+from .oci.store import ImageStore
 
 __all__ = ["image_report", "inspect_image", "render_text"]
 
 
-async def inspect_image(client: RegistryClient, ref: Reference, platform: Platform | None) -> dict:
-    """Resolve ``ref`` and describe it."""
-    return image_report(await client.resolve(ref, platform))
+async def inspect_image(
+    store: ImageStore, platform: Platform | None, *, read_indexes: bool = True
+) -> dict:
+    """Resolve the image ``store`` names and describe it.
+
+    With ``read_indexes``, each layer's own index is read (a range request or two per
+    indexed layer; nothing is downloaded for layers without one) and the format reported is
+    the one found there; otherwise it is guessed from the annotations.
+    """
+    image = await store.resolve(platform)
+    report = image_report(image)
+    if read_indexes:
+        for entry, desc in zip(report["layers"], image.manifest.layers, strict=True):
+            index = await find_layer_index(
+                store.blob_reader(desc),
+                media_type=desc.media_type,
+                annotations=desc.annotations,
+                layer=f"#{entry['index']} {desc.digest}",
+            )
+            entry["format_source"] = "index"
+            if index is None:
+                entry["lazy_format"] = "none"
+                entry["lazy_index"] = None
+            else:
+                entry["lazy_format"] = index.format
+                entry["lazy_index"] = index.summary()
+    return report
 
 
 def image_report(image: ResolvedImage) -> dict:
-    """The report of a resolved image."""
+    """The report of a resolved image, layer formats from annotations."""
     cfg = image.config
     layers = []
     for i, layer in enumerate(image.manifest.layers):
@@ -90,15 +115,19 @@ def render_text(report: dict) -> str:
         f"{len(report['layers'])} layer(s)",
         "Layers:",
     ]
-    rows = [("#", "DIGEST", "TYPE", "SIZE", "LAZY FORMAT")]
+    rows = [("#", "DIGEST", "TYPE", "SIZE", "LAZY FORMAT", "ENTRIES", "CHUNKS", "INDEX")]
     for layer in report["layers"]:
+        index = layer.get("lazy_index") or {}
         rows.append(
             (
                 str(layer["index"]),
                 layer["digest"][:19],
                 _short_type(layer["media_type"]),
                 human_size(layer["size"]),
-                layer["lazy_format"],
+                layer["lazy_format"] + (f" ({index['dialect']})" if index.get("dialect") else ""),
+                str(index["entries"]) if index else "-",
+                str(index["chunks"]) if index else "-",
+                human_size(index["index_size"]) if index else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -70,7 +70,9 @@ class RegistryBlob:
 class FileBlob:
     """A blob stored in a local file (an OCI layout, the cache)."""
 
-    def __init__(self, path: str | os.PathLike[str], digest: Digest, size: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], digest: Digest, size: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.digest = digest
         self.size = self.path.stat().st_size if size is None else size

@@ -71,7 +71,9 @@ def decode_chunk(chunk: Chunk, data: bytes | memoryview, *, what: str = "chunk")
         want = chunk.inner_offset + chunk.size
         out = decompress_prefix(chunk.codec, data, want, what=what)
         if len(out) < want:
-            raise ChunkError(f"{what}: decompresses to {len(out)} bytes, fewer than the {want} declared")
+            raise ChunkError(
+                f"{what}: decompresses to {len(out)} bytes, fewer than the {want} declared"
+            )
         content = out[chunk.inner_offset :] if chunk.inner_offset else out
     if chunk.digest is not None:
         actual = chunk.digest.hasher()

@@ -60,6 +60,8 @@ _HEX16 = re.compile(rb"[0-9a-fA-F]{16}")
 
 #: Room for the tar headers (and end-of-archive blocks) around the TOC JSON.
 _TAR_SLACK = 64 * 1024
+#: Most bytes one inflate step produces (bounds the memory a bomb can take).
+_INFLATE_STEP = 4 * 1024 * 1024
 #: TOCs whose compressed form is larger than this are inflated in a worker thread.
 _THREAD_THRESHOLD = 256 * 1024
 
@@ -122,6 +124,24 @@ def _footer_size(dialect: str) -> int:
     return ESTARGZ_FOOTER_SIZE if dialect == DIALECT_ESTARGZ else LEGACY_FOOTER_SIZE
 
 
+def _inflate_member(member: zlib._Decompress, data: bytes, out: bytearray, limit: int) -> bool:
+    """Inflate one gzip member of ``data`` into ``out``; False if ``out`` would pass ``limit``.
+
+    Output comes in steps of at most :data:`_INFLATE_STEP` bytes, and never more than one
+    byte past ``limit``. Returns with ``member.eof`` unset if ``data`` ends inside the member.
+    """
+    piece = data
+    while not member.eof:
+        got = member.decompress(piece, min(limit + 1 - len(out), _INFLATE_STEP))
+        out += got
+        if len(out) > limit:
+            return False
+        if not got and len(member.unconsumed_tail) == len(piece):
+            break  # no progress: the input ran out
+        piece = member.unconsumed_tail
+    return True
+
+
 def _inflate_bounded(data: bytes, limit: int, *, layer: str) -> bytes:
     """All gzip members of ``data`` inflated, refusing (and stopping) past ``limit`` bytes."""
     out = bytearray()
@@ -129,9 +149,7 @@ def _inflate_bounded(data: bytes, limit: int, *, layer: str) -> bytes:
     try:
         while rest:
             member = zlib.decompressobj(wbits=31)
-            # Never more than one byte past the limit comes out (max_length is >= 1 here).
-            out += member.decompress(rest, limit + 1 - len(out))
-            if len(out) > limit:
+            if not _inflate_member(member, rest, out, limit):
                 raise LayerIndexError(
                     f"layer {layer}: the eStargz TOC inflates to more than "
                     f"{MAX_TOC_SIZE // (1024 * 1024)} MiB; refusing it"
@@ -157,7 +175,9 @@ def _toc_json_from_tar(tar: bytes, *, layer: str) -> bytes:
                         raise LayerIndexError(f"layer {layer}: the eStargz TOC entry is truncated")
                     return data
     except tarfile.TarError as exc:
-        raise LayerIndexError(f"layer {layer}: the eStargz TOC is not a tar stream ({exc})") from None
+        raise LayerIndexError(
+            f"layer {layer}: the eStargz TOC is not a tar stream ({exc})"
+        ) from None
     raise LayerIndexError(
         f"layer {layer}: the eStargz TOC member holds no {TOC_TAR_NAME} of at most "
         f"{MAX_TOC_SIZE // (1024 * 1024)} MiB"
@@ -226,7 +246,10 @@ async def read_estargz_index(
     larger than 150 MiB uncompressed raises :class:`LayerIndexError`.
     """
     tail = await _fetch_tail(blob, tail)
-    found = parse_estargz_footer(tail, blob_size=blob.size)
+    try:
+        found = parse_estargz_footer(tail, blob_size=blob.size)
+    except LayerIndexError as exc:
+        raise LayerIndexError(f"layer {layer}: {exc}") from None
     if found is None:
         raise LayerIndexError(f"layer {layer}: not an eStargz blob (no stargz footer at its end)")
     toc_offset, dialect = found

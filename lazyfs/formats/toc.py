@@ -223,7 +223,10 @@ def entries_from_toc(toc: Mapping, *, layer: str, codec: str, data_end: int) -> 
         kind = _TYPES.get(typ)  # type: ignore[arg-type]
         if kind is None:
             raise rd.fail(what, f"unknown type {typ!r}")
-        if path in (TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK) and kind == EntryType.REG:
+        if (
+            path in (TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
+            and kind == EntryType.REG
+        ):
             if path == PREFETCH_LANDMARK:
                 out.prefetch_offset = rd.integer(raw, "offset", what)
             elif path == NO_PREFETCH_LANDMARK:
@@ -271,9 +274,13 @@ def _chunks(rd: _Reader, entry: Entry, raws: list[Mapping], starts: list[int]) -
         if digest is None:
             raise rd.fail(what, f"chunk at {file_offset} has no digest, so it cannot be verified")
         start = rd.integer(raw, "offset", what)
-        end = _chunk_end(rd, raw, raws[k + 1 :], start, file_end, starts, is_main=k == 0, last=k == len(raws) - 1)
+        end = _chunk_end(
+            rd, raw, raws[k + 1 :], start, file_end, starts, is_main=k == 0, last=k == len(raws) - 1
+        )
         if not start < end <= rd.data_end:
-            raise rd.fail(what, f"chunk at {file_offset} has the bad compressed range {start}-{end}")
+            raise rd.fail(
+                what, f"chunk at {file_offset} has the bad compressed range {start}-{end}"
+            )
         inner = rd.integer(raw, "innerOffset", what)
         chunks.append(Chunk(file_offset, size, start, end - start, inner, rd.codec, digest))
     position = 0

@@ -180,7 +180,9 @@ _TOC_TYPES = {
 def _toc_entry(info: tarfile.TarInfo, layer: str) -> dict:
     kind = _TOC_TYPES.get(info.type)
     if kind is None:
-        raise LayerIndexError(f"layer {layer}: entry {info.name!r} has the unsupported tar type {info.type!r}")
+        raise LayerIndexError(
+            f"layer {layer}: entry {info.name!r} has the unsupported tar type {info.type!r}"
+        )
     normalize_path(info.name, layer=layer)  # refuse what would be refused on reading
     entry: dict = {"type": kind, "name": info.name}
     if info.linkname:
@@ -207,7 +209,9 @@ def _toc_entry(info: tarfile.TarInfo, layer: str) -> dict:
     return entry
 
 
-def _reorder(members: list[_Member], prioritize: Sequence[str], layer: str) -> tuple[list[_Member], int]:
+def _reorder(
+    members: list[_Member], prioritize: Sequence[str], layer: str
+) -> tuple[list[_Member], int]:
     """Members with the prioritised files first; returns them and how many were moved."""
     by_path = {normalize_path(m.info.name, layer=layer): m for m in members}
     chosen: list[_Member] = []
@@ -260,7 +264,9 @@ def write_zstd_chunked(
     def note_segment(data: bytes) -> None:
         if data:
             split.append(
-                orjson.dumps({"type": 2, "payload": base64.b64encode(data).decode(), "position": len(split)})
+                orjson.dumps(
+                    {"type": 2, "payload": base64.b64encode(data).decode(), "position": len(split)}
+                )
             )
 
     with open(tar_path, "rb") as src, open(out_path, "wb") as f:
@@ -314,7 +320,11 @@ def write_zstd_chunked(
 
         tar_split = b"\n".join(split) + b"\n"
         split_z = zstandard.ZstdCompressor(level=level).compress(tar_split)
-        toc: dict = {"version": 1, "entries": toc_entries, "tarSplitDigest": str(Digest.of(split_z))}
+        toc: dict = {
+            "version": 1,
+            "entries": toc_entries,
+            "tarSplitDigest": str(Digest.of(split_z)),
+        }
         if prefetch_offset is not None:
             toc[LAZYFS_PREFETCH_KEY] = prefetch_offset
         toc_json = orjson.dumps(toc)

@@ -40,7 +40,6 @@ from ..errors import (
     ManifestError,
     MultipartError,
     NotFound,
-    PlatformNotFound,
     RegistryError,
     RegistryUnreachable,
 )
@@ -56,10 +55,11 @@ from ._transport import (
 from .credentials import CredentialStore
 from .digest import Digest, Verifier
 from .hosts import HostPolicy
-from .manifest import ImageConfig, ImageIndex, ImageManifest, parse_config, parse_manifest
+from .manifest import Descriptor
 from .multipart import boundary_from_content_type, parse_byteranges, parse_content_range
-from .platform import Platform, select_manifest
+from .platform import Platform
 from .reference import Reference, api_host
+from .resolve import FetchedManifest, ResolvedImage, resolve_image
 from .retry import RetryPolicy, parse_retry_after
 
 __all__ = ["FetchedManifest", "RegistryClient", "ResolvedImage", "TransferStats"]
@@ -70,6 +70,8 @@ T = TypeVar("T")
 
 #: Largest manifest accepted (the distribution registry's own limit).
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+#: Largest image config accepted.
+MAX_CONFIG_SIZE = 16 * 1024 * 1024
 #: Largest blob :meth:`RegistryClient.get_blob` keeps in memory unless told otherwise.
 DEFAULT_MAX_BLOB_IN_MEMORY = 64 * 1024 * 1024
 #: How long a storage URL a registry redirected a blob to is used directly.
@@ -96,35 +98,6 @@ class _Retry(Exception):
 
 class _MultiRangeRefused(Exception):
     """The server will not answer several ranges in one request."""
-
-
-@dataclass(frozen=True, slots=True)
-class FetchedManifest:
-    """A manifest or index as the registry sent it, with its verified digest."""
-
-    data: bytes
-    media_type: str
-    digest: Digest
-
-
-@dataclass(frozen=True, slots=True)
-class ResolvedImage:
-    """An image reference resolved to one platform's verified manifest and config."""
-
-    reference: Reference
-    digest: Digest
-    manifest: ImageManifest
-    manifest_bytes: bytes
-    config: ImageConfig
-    config_bytes: bytes
-    platform: Platform
-    index: ImageIndex | None = None
-    index_digest: Digest | None = None
-
-    @property
-    def pinned(self) -> Reference:
-        """The reference pinned to the manifest actually used."""
-        return self.reference.with_digest(self.digest)
 
 
 @dataclass(slots=True)
@@ -355,52 +328,16 @@ class RegistryClient:
     async def resolve(self, ref: Reference, platform: Platform | None = None) -> ResolvedImage:
         """Resolve ``ref`` to one platform's manifest and config, all verified.
 
-        An index (or Docker manifest list) is narrowed to the manifest for ``platform``
-        (default: this host's). A single manifest is used as it is, unless a platform was
-        asked for explicitly and the image's config says it is another one.
+        See :func:`~lazyfs.oci.resolve.resolve_image` for how a platform is chosen.
         """
-        fetched = await self.get_manifest(ref)
-        parsed = parse_manifest(
-            fetched.data, media_type=fetched.media_type or None, where=f"manifest {ref}"
-        )
-        index = index_digest = None
-        wanted = platform or Platform.host()
-        if isinstance(parsed, ImageIndex):
-            index, index_digest = parsed, fetched.digest
-            desc = select_manifest(parsed.manifests, wanted)
-            pinned = ref.with_digest(desc.digest)
-            fetched = await self.get_manifest(pinned)
-            if len(fetched.data) != desc.size:
-                raise ManifestError(
-                    f"manifest {desc.digest} is {len(fetched.data)} bytes, "
-                    f"the index says {desc.size}"
-                )
-            parsed = parse_manifest(
-                fetched.data, media_type=desc.media_type, where=f"manifest {desc.digest}"
-            )
-            if not isinstance(parsed, ImageManifest):
-                raise ManifestError(
-                    f"index {index_digest} points to another index for {desc.platform}"
-                )
-        manifest = parsed
-        config_bytes = await self.get_blob(
-            ref, manifest.config.digest, size=manifest.config.size, max_size=MAX_MANIFEST_SIZE * 4
-        )
-        config = parse_config(config_bytes, expected=manifest.config.digest)
-        actual = config.platform
-        if index is None and platform is not None and not platform.matches(actual):
-            raise PlatformNotFound(f"{ref} is a single-platform image for {actual}, not {platform}")
-        return ResolvedImage(
-            reference=ref,
-            digest=fetched.digest,
-            manifest=manifest,
-            manifest_bytes=fetched.data,
-            config=config,
-            config_bytes=config_bytes,
-            platform=actual,
-            index=index,
-            index_digest=index_digest,
-        )
+
+        async def manifest(desc: Descriptor) -> FetchedManifest:
+            return await self.get_manifest(ref.with_digest(desc.digest))
+
+        async def config(desc: Descriptor) -> bytes:
+            return await self.get_blob(ref, desc.digest, size=desc.size, max_size=MAX_CONFIG_SIZE)
+
+        return await resolve_image(ref, await self.get_manifest(ref), manifest, config, platform)
 
     # ------------------------------------------------------------------ blobs
 
