@@ -82,9 +82,10 @@ def test_inspect_text_and_json(registry, home):
     assert "linux/amd64" in text.stdout
     assert "/bin/app" in text.stdout and "--port 80" in text.stdout
     assert "B=two words" in text.stdout and "/srv" in text.stdout
-    assert "estargz" in text.stdout
+    # The real index decides: the second layer only claims to be eStargz.
+    assert "estargz" not in text.stdout and "zstd:chunked" not in text.stdout
 
-    result = lazyfs("inspect", "--json", str(ref), home=home)
+    result = lazyfs("inspect", "--json", "--no-index", str(ref), home=home)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["digest"] == str(image.digest)
@@ -117,7 +118,8 @@ def test_inspect_index_with_platform(registry, home):
             )
 
     index_digest = trio.run(main)
-    result = lazyfs("inspect", "--json", "--platform", "linux/arm64/v8", str(ref), home=home)
+    args = ["--json", "--no-index", "--platform", "linux/arm64/v8", str(ref)]
+    result = lazyfs("inspect", *args, home=home)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["digest"] == str(arm.digest)
@@ -165,3 +167,28 @@ def test_inspect_with_creds_and_verified_tls(tls_registry, home):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["digest"] == str(image.digest)
     assert "wonderland" not in result.stderr
+
+
+def test_convert_then_inspect_reports_the_real_index(registry, home, tmp_path):
+    image = build_image(sample_layers() + [[Entry("big", data=bytes(range(256)) * 20_000)]])
+    ref = Reference.parse(f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:1")
+    push(image, ref)
+    dst = f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:converted"
+    result = lazyfs("convert", "--json", "--chunk-size", "64K", str(ref), dst, home=home)
+    assert result.returncode == 0, result.stderr
+    converted = json.loads(result.stdout)
+    assert [layer["result"] for layer in converted["layers"]] == ["converted"] * 3
+    report = json.loads(lazyfs("inspect", "--json", dst, home=home).stdout)
+    assert report["digest"] == converted["digest"]
+    formats = [(layer["lazy_format"], layer["format_source"]) for layer in report["layers"]]
+    assert formats == [("zstd:chunked", "index")] * 3
+    big = report["layers"][2]["lazy_index"]
+    assert big["entries"] == 1 and big["chunks"] == 79  # 5,120,000 bytes in 64 KiB chunks
+    text = lazyfs("inspect", dst, home=home).stdout
+    assert "zstd:chunked (current)" in text
+
+    layout = tmp_path / "layout"
+    result = lazyfs("convert", dst, f"oci:{layout}:v1", home=home)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(lazyfs("inspect", "--json", f"oci:{layout}:v1", home=home).stdout)
+    assert report["digest"] == converted["digest"]  # already converted: the same image

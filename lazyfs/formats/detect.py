@@ -44,7 +44,7 @@ async def find_layer_index(
     tail = await blob.read(blob.size - length, length)
     if compression == "zstd" and parse_zstd_chunked_footer(tail, blob.size) is not None:
         return await read_zstd_chunked_index(blob, annotations=annotations, layer=name, tail=tail)
-    if compression == "gzip" and parse_estargz_footer(tail) is not None:
+    if compression == "gzip" and parse_estargz_footer(tail, blob_size=blob.size) is not None:
         return await read_estargz_index(blob, annotations=annotations, layer=name, tail=tail)
     return None
 

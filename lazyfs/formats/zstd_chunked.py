@@ -100,6 +100,8 @@ _ESTARGZ_KEYS = frozenset({"innerOffset", "userName", "groupName"})
 _ESTARGZ_NAMES = frozenset({".prefetch.landmark", ".no.prefetch.landmark"})
 #: Decompress in a worker thread above this size, so a big TOC does not stall other tasks.
 _THREAD_THRESHOLD = 1 << 20
+#: Digests some bytes must match, each with where it comes from (for the error message).
+_Checks = list[tuple[str, Digest]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +300,8 @@ async def read_zstd_chunked(
     Raises :class:`LayerIndexError` for a blob that is not zstd:chunked or is malformed, and
     :class:`~lazyfs.errors.DigestMismatch` when the TOC or tar-split does not match a digest
     from the annotations or the TOC (the manifest-checksum of either prefix, eStargz's
-    ``toc.digest`` of the uncompressed TOC, ``tarSplitDigest``, tarsplit-checksum).
+    ``toc.digest`` of the uncompressed TOC, and, when the blob has a tar-split, the TOC's
+    ``tarSplitDigest`` and the tarsplit-checksum annotation).
     Without a manifest-checksum or ``toc.digest`` annotation the TOC is not authenticated by
     the manifest; every chunk still is by the TOC's own digests.
     """
@@ -356,9 +359,6 @@ async def read_tar_split(
     return _decompress_bounded(
         data, footer.tarsplit_uncompressed, MAX_TAR_SPLIT_SIZE, what=f"layer {layer}: tar-split"
     )
-
-
-_Checks = list[tuple[str, Digest]]
 
 
 def _expected_digests(annotations: Mapping[str, str], *, layer: str) -> dict[str, _Checks]:

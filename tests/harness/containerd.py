@@ -62,14 +62,16 @@ class ContainerdStartError(RuntimeError):
 class CtrError(RuntimeError):
     """A ``ctr`` / ``ctr-remote`` command failed or timed out.
 
-    ``argv``, ``returncode`` (None on a timeout), ``stdout`` and ``stderr`` describe it.
+    ``argv``, ``returncode`` (None on a timeout), ``stdout`` and ``stderr`` describe it; the
+    message ends with the last lines of stderr (where ctr puts the error).
     """
 
     def __init__(
         self, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str
     ) -> None:
         what = "timed out" if returncode is None else f"exited with status {returncode}"
-        super().__init__(f"{' '.join(argv)} {what}:\n{stderr.strip() or stdout.strip()}")
+        detail = "\n".join((stderr.strip() or stdout.strip()).splitlines()[-15:])
+        super().__init__(f"{' '.join(argv)} {what}:\n{detail}")
         self.argv = list(argv)
         self.returncode = returncode
         self.stdout = stdout
