@@ -118,7 +118,6 @@ def make_client(args: argparse.Namespace) -> RegistryClient:
 
 async def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect import inspect_image, render_text
-
     from .oci.store import open_store
 
     async with make_client(args) as client:
@@ -193,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "convert",
-        help="rewrite an image's layers as zstd:chunked (lazily mountable, still pullable by anyone)",
+        help="rewrite an image's layers as zstd:chunked (lazily mountable, pullable by anyone)",
     )
     p.add_argument("src", type=_image, metavar="SRC", help="registry reference or oci:DIR[:TAG]")
     p.add_argument("dst", type=_image, metavar="DST", help="registry reference or oci:DIR[:TAG]")

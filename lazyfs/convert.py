@@ -211,7 +211,8 @@ async def _convert_manifest(
     config = parse_config(config_bytes, expected=manifest.config.digest)
     if len(config.diff_ids) != len(manifest.layers):
         raise ManifestError(
-            f"manifest {desc.digest} has {len(manifest.layers)} layers but its config {len(config.diff_ids)} diff IDs"
+            f"manifest {desc.digest} has {len(manifest.layers)} layers "
+            f"but its config {len(config.diff_ids)} diff IDs"
         )
     diff_ids = list(config.diff_ids)
     layers = []

@@ -170,7 +170,7 @@ def test_inspect_with_creds_and_verified_tls(tls_registry, home):
 
 
 def test_convert_then_inspect_reports_the_real_index(registry, home, tmp_path):
-    image = build_image(sample_layers() + [[Entry("big", data=bytes(range(256)) * 20_000)]])
+    image = build_image([*sample_layers(), [Entry("big", data=bytes(range(256)) * 20_000)]])
     ref = Reference.parse(f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:1")
     push(image, ref)
     dst = f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:converted"
@@ -192,3 +192,52 @@ def test_convert_then_inspect_reports_the_real_index(registry, home, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(lazyfs("inspect", "--json", f"oci:{layout}:v1", home=home).stdout)
     assert report["digest"] == converted["digest"]  # already converted: the same image
+
+
+def test_convert_again_mounts_instead_of_uploading(registry, home):
+    image = build_image(sample_layers())
+    ref = Reference.parse(f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:1")
+    push(image, ref)
+    first = f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:z"
+    second = f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:z"
+    one = json.loads(lazyfs("convert", "--json", str(ref), first, home=home).stdout)
+    assert one["uploads"] == {"uploaded": 2}
+    two = json.loads(lazyfs("convert", "--json", first, second, home=home).stdout)
+    assert [layer["result"] for layer in two["layers"]] == ["kept", "kept"]
+    assert two["uploads"] == {"mounted": 2}, "unchanged layers must be mounted, not uploaded"
+    assert two["digest"] == one["digest"]
+
+
+def test_convert_shows_progress_only_on_a_terminal(registry, home):
+    import pty
+
+    image = build_image([[Entry("big", data=bytes(range(256)) * 40_000)]])
+    ref = Reference.parse(f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:1")
+    push(image, ref)
+    quiet = lazyfs("convert", str(ref), f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:q", home=home)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+    env = {**os.environ, "DOCKER_CONFIG": str(home), "HOME": str(home), "COLUMNS": "120"}
+    args = [
+        sys.executable,
+        "-m",
+        "lazyfs",
+        "convert",
+        str(ref),
+        f"{registry.host}/cli/x{uuid.uuid4().hex[:8]}:t",
+    ]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child runs the command with the pty as its terminal
+        os.execvpe(args[0], args, env)
+    output = b""
+    while True:
+        try:
+            piece = os.read(fd, 65536)
+        except OSError:
+            break
+        if not piece:
+            break
+        output += piece
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    assert b"convert 1/1" in output and b"fetch 1/1" in output

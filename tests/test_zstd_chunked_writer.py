@@ -4,6 +4,7 @@ through its own index byte for byte, and carries a tar-split that rebuilds the t
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import shutil
 import struct
@@ -70,11 +71,11 @@ def test_round_trip_every_kind(tmp_path):
         zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob), read_across_frames=True).read()
         == tar
     )
-    assert result.diff_id.hex == __import__("hashlib").sha256(tar).hexdigest()
-    assert result.digest.hex == __import__("hashlib").sha256(blob).hexdigest()
+    assert result.diff_id.hex == hashlib.sha256(tar).hexdigest()
+    assert result.digest.hex == hashlib.sha256(blob).hexdigest()
     # Found both from the annotations and from the footer alone.
-    for annotations in (result.annotations, {}):
-        index = index_of(blob, annotations)
+    for given_annotations in (result.annotations, {}):
+        index = index_of(blob, given_annotations)
         assert index.format == "zstd:chunked"
         assert trio.run(assert_index_matches_tar, BytesBlob(blob), index, tar) == 8
     big = next(e for e in index.entries if e.path == "dir/big")
@@ -123,7 +124,7 @@ def test_prioritized_files_come_first_and_the_boundary_is_recorded(tmp_path):
         names = tf.getnames()
     assert names[:4] == ["f7", "f3", "f9", "link9"]
     assert sorted(names) == sorted(e.name for e in entries)
-    assert result.diff_id.hex == __import__("hashlib").sha256(out_tar).hexdigest()
+    assert result.diff_id.hex == hashlib.sha256(out_tar).hexdigest()
     index = index_of(blob)  # from the footer: the boundary is found in the TOC
     assert index.prefetch_offset == result.prefetch_offset
     for e in index.entries:
@@ -152,7 +153,7 @@ def test_sparse_files(tmp_path, fmt):
         check=True,
     )
     tar = archive.read_bytes()
-    result, blob = convert(tmp_path, tar, chunk_size=16 * 1024)
+    _, blob = convert(tmp_path, tar, chunk_size=16 * 1024)
     assert (
         zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob), read_across_frames=True).read()
         == tar

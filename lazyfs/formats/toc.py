@@ -36,12 +36,12 @@ from ..oci.digest import Digest
 from .model import CODEC_ZEROS, Chunk, Entry, EntryType, normalize_path
 
 __all__ = [
+    "LAZYFS_PREFETCH_KEY",
     "MAX_TOC_SIZE",
-    "PREFETCH_LANDMARK",
     "NO_PREFETCH_LANDMARK",
+    "PREFETCH_LANDMARK",
     "TAIL_SIZE",
     "TOC_TAR_NAME",
-    "LAZYFS_PREFETCH_KEY",
     "TocContents",
     "entries_from_toc",
     "parse_rfc3339_ns",
@@ -233,10 +233,9 @@ def entries_from_toc(toc: Mapping, *, layer: str, codec: str, data_end: int) -> 
                 out.no_prefetch = True
             current = None
             continue
-        if not path:
-            if kind != EntryType.DIR:
-                raise rd.fail(what, "the root must be a directory")
-            # The root's own metadata is kept as an entry with an empty path.
+        if not path and kind != EntryType.DIR:
+            raise rd.fail(what, "the root must be a directory")
+        # An entry for the root itself keeps its metadata under the empty path.
         entry = rd.entry(raw, kind, path, what)
         out.entries.append(entry)
         current = None

@@ -102,9 +102,12 @@ class RegistryStore:
         self, digest: Digest, source: bytes | Path, *, mount_from: ImageStore | None = None
     ) -> str:
         mounts = []
-        if isinstance(mount_from, RegistryStore) and mount_from.ref.registry == self.ref.registry:
-            if mount_from.ref.repository != self.ref.repository:
-                mounts.append(mount_from.ref.repository)
+        if (
+            isinstance(mount_from, RegistryStore)
+            and mount_from.ref.registry == self.ref.registry
+            and mount_from.ref.repository != self.ref.repository
+        ):
+            mounts.append(mount_from.ref.repository)
         return await self.client.push_blob(self.ref, digest, source, mount_from=mounts)
 
     async def put_manifest(self, data: bytes, media_type: str, *, tagged: bool) -> Digest:
