@@ -148,6 +148,8 @@ class _Reader:
         text = raw.get("modtime")
         if not text:
             return 0
+        if not isinstance(text, str):
+            raise self.fail(what, f"modtime must be a string, not {text!r}")
         cached = self.times.get(text)
         if cached is None:
             try:
@@ -220,7 +222,7 @@ def entries_from_toc(toc: Mapping, *, layer: str, codec: str, data_end: int) -> 
             if raw.get("chunkType") != CODEC_ZEROS:
                 data_offsets.add(rd.integer(raw, "offset", what))
             continue
-        kind = _TYPES.get(typ)  # type: ignore[arg-type]
+        kind = _TYPES.get(typ) if isinstance(typ, str) else None
         if kind is None:
             raise rd.fail(what, f"unknown type {typ!r}")
         if (

@@ -184,6 +184,19 @@ def _toc_entry(info: tarfile.TarInfo, layer: str) -> dict:
             f"layer {layer}: entry {info.name!r} has the unsupported tar type {info.type!r}"
         )
     normalize_path(info.name, layer=layer)  # refuse what would be refused on reading
+    for field_name, value in (
+        ("name", info.name),
+        ("link target", info.linkname),
+        ("owner", info.uname),
+        ("group", info.gname),
+    ):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LayerIndexError(
+                f"layer {layer}: entry {info.name!r}: its {field_name} is not UTF-8, which a "
+                "zstd:chunked TOC (JSON) cannot hold"
+            ) from None
     entry: dict = {"type": kind, "name": info.name}
     if info.linkname:
         entry["linkName"] = info.linkname
@@ -212,19 +225,45 @@ def _toc_entry(info: tarfile.TarInfo, layer: str) -> dict:
 def _reorder(
     members: list[_Member], prioritize: Sequence[str], layer: str
 ) -> tuple[list[_Member], int]:
-    """Members with the prioritised files first; returns them and how many were moved."""
-    by_path = {normalize_path(m.info.name, layer=layer): m for m in members}
+    """Members with the prioritised files first; returns them and how many were moved.
+
+    A moved file takes along, ahead of it and in their original order, the entries of the
+    same layer its path depends on: those at each of its ancestors' paths (the directory
+    that replaces a lower layer's file or symlink, say) and the whiteouts of its ancestors
+    and of itself. A moved hardlink takes its target along.
+    """
+    by_path: dict[str, list[_Member]] = {}
+    for m in members:
+        by_path.setdefault(normalize_path(m.info.name, layer=layer), []).append(m)
     chosen: list[_Member] = []
     seen: set[int] = set()
 
+    def add(m: _Member) -> None:
+        if id(m) not in seen:
+            seen.add(id(m))
+            chosen.append(m)
+
     def take(path: str) -> None:
-        m = by_path.get(normalize_path(path, layer=layer))
-        if m is None or id(m) in seen or not (m.info.isreg() or m.info.islnk()):
+        path = normalize_path(path, layer=layer)
+        found = by_path.get(path)
+        if not found:
             return
+        m = found[-1]  # the last entry for a path is the one that counts
+        if id(m) in seen or not (m.info.isreg() or m.info.islnk()):
+            return
+        parts = path.split("/")
+        needed = []
+        for depth in range(1, len(parts) + 1):
+            parent, name = "/".join(parts[: depth - 1]), parts[depth - 1]
+            whiteout = f"{parent}/.wh.{name}".lstrip("/")
+            needed += by_path.get(whiteout, [])
+            if depth < len(parts):
+                needed += by_path.get("/".join(parts[:depth]), [])
+        for dep in sorted(needed, key=lambda d: d.start):
+            add(dep)
         if m.info.islnk():
             take(m.info.linkname)  # the target must come before the link in a tar
-        seen.add(id(m))
-        chosen.append(m)
+        add(m)
 
     for path in prioritize:
         take(path)

@@ -218,16 +218,8 @@ class ImageManifest:
 
     def to_json(self) -> dict[str, Any]:
         """Return the manifest's JSON object, omitting empty optional fields."""
-        data: dict[str, Any] = {"schemaVersion": self.schema_version, "mediaType": self.media_type}
-        if self.artifact_type is not None:
-            data["artifactType"] = self.artifact_type
-        data["config"] = self.config.to_json()
-        data["layers"] = [layer.to_json() for layer in self.layers]
-        if self.subject is not None:
-            data["subject"] = self.subject.to_json()
-        if self.annotations:
-            data["annotations"] = _sorted_map(self.annotations)
-        return data
+        layers = [layer.to_json() for layer in self.layers]
+        return _document_json(self, {"config": self.config.to_json(), "layers": layers})
 
     def to_bytes(self) -> bytes:
         """Return :meth:`to_json` as compact JSON; equal manifests give equal bytes."""
@@ -255,19 +247,25 @@ class ImageIndex:
 
     def to_json(self) -> dict[str, Any]:
         """Return the index's JSON object, omitting empty optional fields."""
-        data: dict[str, Any] = {"schemaVersion": self.schema_version, "mediaType": self.media_type}
-        if self.artifact_type is not None:
-            data["artifactType"] = self.artifact_type
-        data["manifests"] = [m.to_json() for m in self.manifests]
-        if self.subject is not None:
-            data["subject"] = self.subject.to_json()
-        if self.annotations:
-            data["annotations"] = _sorted_map(self.annotations)
-        return data
+        return _document_json(self, {"manifests": [d.to_json() for d in self.manifests]})
 
     def to_bytes(self) -> bytes:
         """Return :meth:`to_json` as compact JSON; equal indexes give equal bytes."""
         return _dumps(self.to_json())
+
+
+def _document_json(doc: ImageManifest | ImageIndex, body: dict[str, Any]) -> dict[str, Any]:
+    """*doc*'s JSON object: ``schemaVersion``, ``mediaType``, ``artifactType``, then *body*
+    (the kind's own fields), ``subject``, ``annotations``; empty optional fields left out."""
+    data: dict[str, Any] = {"schemaVersion": doc.schema_version, "mediaType": doc.media_type}
+    if doc.artifact_type is not None:
+        data["artifactType"] = doc.artifact_type
+    data.update(body)
+    if doc.subject is not None:
+        data["subject"] = doc.subject.to_json()
+    if doc.annotations:
+        data["annotations"] = _sorted_map(doc.annotations)
+    return data
 
 
 def _header_type(media_type: str | None) -> str | None:

@@ -22,13 +22,13 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.harness.process import ManagedProcess
 
 __all__ = [
     "DEFAULT_BINARY",
@@ -56,7 +56,7 @@ _MAX_SOCKET_PATH = 107
 
 
 class ContainerdStartError(RuntimeError):
-    """containerd exited, or did not answer on its socket in time."""
+    """The containerd binary is missing, or it exited or did not answer on its socket in time."""
 
 
 class CtrError(RuntimeError):
@@ -108,8 +108,11 @@ def _toml_table(name: str, body: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-class ContainerdServer:
+class ContainerdServer(ManagedProcess):
     """One ``containerd`` process with its own configuration, storage and sockets.
+
+    The process lifecycle (:attr:`running`, :meth:`log_tail`, use as a context manager)
+    comes from :class:`~tests.harness.process.ManagedProcess`.
 
     Args:
         workdir: Directory for config, root, state and log (created if needed).
@@ -128,7 +131,12 @@ class ContainerdServer:
         address: The gRPC socket path.
         root, state: containerd's directories.
         config_path, log_path: The generated config and the daemon's log.
+        process: The running :class:`subprocess.Popen`, or ``None``.
     """
+
+    name = "containerd"
+    start_error = ContainerdStartError
+    stop_timeout = 10.0
 
     def __init__(
         self,
@@ -152,18 +160,19 @@ class ContainerdServer:
         self.plugin_config = {k: dict(v) for k, v in (plugin_config or {}).items()}
         self.proxy_plugins = {k: dict(v) for k, v in (proxy_plugins or {}).items()}
         self.log_level = log_level
-        self.binary = binary
+        super().__init__(
+            binary=binary,
+            log_path=self.workdir / "containerd.log",
+            startup_timeout=startup_timeout,
+        )
         self.ctr_binary = ctr_binary
         self.ctr_remote_binary = ctr_remote_binary
-        self.startup_timeout = startup_timeout
         self.command_timeout = command_timeout
         self.root = self.workdir / "root"
         self.state = self.workdir / "state"
         self.config_path = self.workdir / "config.toml"
-        self.log_path = self.workdir / "containerd.log"
         self._socket_dir: Path | None = None
         self.address = ""
-        self.process: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------------ configuration
 
@@ -196,100 +205,30 @@ class ContainerdServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> ContainerdServer:
-        """Start containerd and wait until ``ctr version`` answers on its socket.
-
-        Raises :class:`ContainerdStartError` (with the end of the log) if the daemon exits
-        or does not answer within ``startup_timeout`` seconds.
-        """
-        if self.process is not None:
-            raise RuntimeError("containerd already started")
-        if not os.access(self.binary, os.X_OK):
-            raise ContainerdStartError(f"containerd binary {self.binary} not found")
+    def _prepare(self) -> None:
         self.address = str(self._choose_socket_dir() / "containerd.sock")
         self.config_path.write_text(self.config_text())
-        with self.log_path.open("ab") as log:
-            log.write(b"--- harness: starting containerd\n")
-            log.flush()
-            self.process = subprocess.Popen(
-                [self.binary, "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def _answers(self) -> bool:
-        if not os.path.exists(self.address):
-            return False
-        try:
-            result = subprocess.run(
-                [self.ctr_binary, "--address", self.address, "version"],
-                capture_output=True,
-                timeout=5,
-            )
-        except subprocess.TimeoutExpired:
-            return False
-        return result.returncode == 0
+    def _command(self) -> list[str]:
+        return [self.binary, "--config", str(self.config_path)]
 
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self.process.poll() is not None:
-                raise ContainerdStartError(
-                    f"containerd exited with status {self.process.returncode}; log:\n"
-                    + self.log_tail()
-                )
-            if self._answers():
-                return
-            if time.monotonic() > deadline:
-                raise ContainerdStartError(
-                    f"containerd did not answer on {self.address} within "
-                    f"{self.startup_timeout} s; log:\n" + self.log_tail()
-                )
-            time.sleep(0.05)
+    def _not_ready(self) -> str | None:
+        if os.path.exists(self.address):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                version = [self.ctr_binary, "--address", self.address, "version"]
+                if subprocess.run(version, capture_output=True, timeout=5).returncode == 0:
+                    return None
+        return f"ctr version does not answer on {self.address}"
 
     def stop(self) -> None:
-        """Terminate containerd (SIGTERM, SIGKILL after 10 s) and wait for it. Idempotent."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        """Terminate containerd (SIGTERM, SIGKILL after 10 s) and wait for it. Idempotent.
+
+        Also removes the short private socket directory, if one was made.
+        """
+        super().stop()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
-
-    def __enter__(self) -> ContainerdServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        """Whether the daemon process is alive."""
-        return self.process is not None and self.process.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the daemon's log."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
 
     # ------------------------------------------------------------------ CLIs
 

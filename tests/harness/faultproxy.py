@@ -42,6 +42,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tests.harness.process import ThreadedServer
+
 __all__ = [
     "LOOP_MARKER",
     "Action",
@@ -359,8 +361,11 @@ def _matcher(match: Matcher | None, method: str | None, path_contains: str | Non
 # ---------------------------------------------------------------------------- proxy
 
 
-class FaultProxy:
+class FaultProxy(ThreadedServer):
     """Reverse proxy on ``127.0.0.1`` in front of ``upstream_url`` with scriptable faults.
+
+    :meth:`start`, ``port``, ``host``, ``url`` and use as a context manager come from
+    :class:`~tests.harness.process.ThreadedServer`.
 
     Args:
         upstream_url: ``http://host:port`` or ``https://host:port`` of the upstream.
@@ -373,7 +378,10 @@ class FaultProxy:
         port: The listening port.
     """
 
+    name = "fault-proxy"
+
     def __init__(self, upstream_url: str, *, ca_file: Path | str | None = None) -> None:
+        super().__init__()
         parsed = urllib.parse.urlsplit(upstream_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"unsupported upstream URL {upstream_url!r}")
@@ -391,61 +399,22 @@ class FaultProxy:
         self._log: list[RequestRecord] = []
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
-        self._server: _ProxyServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> FaultProxy:
-        """Listen on a free loopback port and serve in a daemon thread."""
-        if self._server is not None:
-            raise RuntimeError("proxy already started")
-        self._stopping.clear()
-        self._server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fault-proxy", daemon=True
-        )
-        self._thread.start()
-        return self
+    def _make_server(self, address: tuple[str, int]) -> _ProxyServer:
+        self._stopping.clear()  # set by the previous stop(), if any
+        return _ProxyServer(address, _ProxyHandler, self)
 
     def stop(self) -> None:
         """Stop serving, cut open client connections, interrupt stalls. Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
-            return
         self._stopping.set()
-        server.shutdown()
+        super().stop()
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The listening port."""
-        if self._server is None:
-            raise RuntimeError("proxy not started")
-        return self._server.server_address[1]
-
-    @property
-    def host(self) -> str:
-        """``"127.0.0.1:PORT"``."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``"http://127.0.0.1:PORT"``."""
-        return f"http://{self.host}"
 
     # ------------------------------------------------------------------ faults
 

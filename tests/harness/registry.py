@@ -17,16 +17,12 @@ directory, so a failing test can be diagnosed from ``registry.log``.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import secrets
-import signal
 import socket
 import ssl
-import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import bcrypt
 
 from tests.harness import certs
+from tests.harness.process import ManagedProcess
 
 if TYPE_CHECKING:
     from tests.harness.tokenissuer import TokenIssuer
@@ -45,7 +42,7 @@ DEFAULT_BINARY = "/usr/bin/docker-registry"
 
 
 class RegistryStartError(RuntimeError):
-    """The registry process exited or did not answer ``/v2/`` in time."""
+    """The registry binary is missing, or its process exited or did not answer ``/v2/`` in time."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -78,8 +75,11 @@ def _yaml(value: Any, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-class RegistryServer:
+class RegistryServer(ManagedProcess):
     """One ``docker-registry`` process with its own configuration and storage.
+
+    The process lifecycle (:meth:`stop`, :attr:`running`, :meth:`log_tail`, use as a
+    context manager) comes from :class:`~tests.harness.process.ManagedProcess`.
 
     Args:
         workdir: Directory for config, storage, certificates and log (created if needed).
@@ -105,11 +105,16 @@ class RegistryServer:
         ca_file: CA certificate to verify the TLS server with, or ``None``.
         storage_dir: Filesystem storage root (``<workdir>/storage``).
         log_path: File receiving the registry's stdout and stderr.
+        process: The running :class:`subprocess.Popen`, or ``None``.
         config_path: The generated ``config.yml``.
         users: Copy of ``htpasswd_users`` (or the issuer's users), for tests.
         issuer: The ``token_issuer`` argument, or ``None``.
         tls_keypair: The server certificate in use, or ``None``.
     """
+
+    name = "registry"
+    start_error = RegistryStartError
+    stop_timeout = 5.0
 
     def __init__(
         self,
@@ -131,12 +136,12 @@ class RegistryServer:
             raise ValueError("htpasswd and token authentication are mutually exclusive")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            binary=binary, log_path=self.workdir / "registry.log", startup_timeout=startup_timeout
+        )
         self.storage_dir = self.workdir / "storage"
-        self.log_path = self.workdir / "registry.log"
         self.config_path = self.workdir / "config.yml"
         self.htpasswd_path = self.workdir / "htpasswd"
-        self.binary = binary
-        self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.relative_urls = relative_urls
         self.issuer = token_issuer
@@ -162,7 +167,6 @@ class RegistryServer:
         self.ca_file: Path | None = self.tls_keypair.ca_file if self.tls_keypair else None
 
         self.port: int | None = None
-        self.process: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------------ addresses
 
@@ -262,32 +266,26 @@ class RegistryServer:
         of the registry log) if the process exits or does not answer within
         ``startup_timeout`` seconds.
         """
-        if self.process is not None:
-            raise RuntimeError("registry already started")
-        if not os.access(self.binary, os.X_OK):
-            raise RegistryStartError(f"registry binary {self.binary} not found or not executable")
         for attempt in range(3):
-            self.port = free_port()
-            self._write_files()
-            with self.log_path.open("ab") as log:
-                log.write(f"--- harness: starting on {self.host}\n".encode())
-                log.flush()
-                self.process = subprocess.Popen(
-                    [self.binary, "serve", str(self.config_path)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=self._environment(),
-                    start_new_session=True,
-                )
             try:
-                self._wait_ready()
-                return self
+                return super().start()
             except RegistryStartError:
-                self.stop()
                 if attempt == 2 or "address already in use" not in self.log_tail():
                     raise
         raise AssertionError("unreachable")
+
+    def _prepare(self) -> None:
+        self.port = free_port()
+        self._write_files()
+
+    def _command(self) -> list[str]:
+        return [self.binary, "serve", str(self.config_path)]
+
+    def _not_ready(self) -> str | None:
+        status = self._probe()
+        if status in (200, 401):
+            return None
+        return f"last GET {self.url}/v2/ status: {status}"
 
     def _probe(self) -> int | None:
         """Return the status of ``GET /v2/``, or ``None`` if nothing answers."""
@@ -307,59 +305,6 @@ class RegistryServer:
             return None
         finally:
             conn.close()
-
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RegistryStartError(
-                    f"registry exited with status {self.process.returncode}; log:\n"
-                    + self.log_tail()
-                )
-            status = self._probe()
-            if status in (200, 401):
-                return
-            if time.monotonic() > deadline:
-                raise RegistryStartError(
-                    f"registry on {self.url} not ready after {self.startup_timeout} s "
-                    f"(last GET /v2/ status: {status}); log:\n" + self.log_tail()
-                )
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Terminate the registry (SIGTERM, then SIGKILL after 5 s) and wait for it."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-    def __enter__(self) -> RegistryServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        """Whether the registry process is alive."""
-        return self.process is not None and self.process.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the registry log."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
 
     def __repr__(self) -> str:
         where = self.url if self.port is not None else "not started"

@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from tests.harness.certs import KeyPair
+from tests.harness.process import ThreadedServer
 
 __all__ = ["DISTRIBUTION_LEEWAY", "IssuedToken", "TokenIssuer", "parse_scope"]
 
@@ -110,8 +111,11 @@ class _Counters:
     auth_failures: int = 0
 
 
-class TokenIssuer:
+class TokenIssuer(ThreadedServer):
     """A token server on ``127.0.0.1`` for registries configured with ``auth.token``.
+
+    :meth:`start`, :meth:`stop`, ``port``, ``url`` and use as a context manager come from
+    :class:`~tests.harness.process.ThreadedServer`.
 
     Args:
         signing: Token-signing key pair (``certs.make_token_signing_cert``); its
@@ -134,6 +138,7 @@ class TokenIssuer:
             Mutable policy, read on each request.
     """
 
+    name = "token-issuer"
     path = "/token"
 
     def __init__(
@@ -148,6 +153,7 @@ class TokenIssuer:
         ttl: int = 300,
         registry_leeway: int = DISTRIBUTION_LEEWAY,
     ) -> None:
+        super().__init__()
         self.signing = signing
         self.service = service
         self.issuer = issuer
@@ -160,8 +166,6 @@ class TokenIssuer:
         self.registry_leeway = registry_leeway
         self._lock = threading.Lock()
         self._counters = _Counters()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         key = signing.key
         if isinstance(key, rsa.RSAPrivateKey):
             self.algorithm = "RS256"
@@ -172,46 +176,10 @@ class TokenIssuer:
         der = signing.cert.public_bytes(serialization.Encoding.DER)
         self._x5c = [base64.b64encode(der).decode("ascii")]
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ server
 
-    def start(self) -> TokenIssuer:
-        """Listen on a free loopback port and serve in a daemon thread."""
-        if self._server is not None:
-            raise RuntimeError("token issuer already started")
-        self._server = _IssuerHTTPServer(("127.0.0.1", 0), _IssuerHandler, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="token-issuer", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket. Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> TokenIssuer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The port the server listens on."""
-        if self._server is None:
-            raise RuntimeError("token issuer not started")
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        """Base URL, ``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
+    def _make_server(self, address: tuple[str, int]) -> _IssuerHTTPServer:
+        return _IssuerHTTPServer(address, _IssuerHandler, self)
 
     @property
     def realm(self) -> str:

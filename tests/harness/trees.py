@@ -16,6 +16,7 @@ of different file systems compare equal whatever their inode numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fnmatch
 import hashlib
@@ -179,12 +180,8 @@ def snapshot_tree(
         if len(paths) > 1:
             group = frozenset(paths)
             for p in paths:
-                tree[p] = _replace(tree[p], hardlinks=group)
+                tree[p] = dataclasses.replace(tree[p], hardlinks=group)
     return tree
-
-
-def _replace(node: NodeInfo, **changes) -> NodeInfo:
-    return NodeInfo(**{**{f.name: getattr(node, f.name) for f in fields(NodeInfo)}, **changes})
 
 
 def format_node(node: NodeInfo) -> str:
@@ -222,7 +219,7 @@ def compare_trees(
     a: Tree,
     b: Tree,
     *,
-    ignore: Collection[str] = (),
+    ignore: Collection[str | tuple[str, str]] = (),
     ignore_paths: Iterable[str] = (),
     ignore_root: bool = False,
     exact_mtime: bool = False,
@@ -230,23 +227,39 @@ def compare_trees(
 ) -> list[str]:
     """The differences between two snapshots, one readable line each (empty when equal).
 
-    ``ignore``: fields of :data:`FIELDS` not to compare, each either for every node
-    (``"mtime"``) or for one kind of node (``"dir:mtime"``, ``"symlink:mode"``).
+    ``ignore``: fields of :data:`FIELDS` not to compare, each for every node (``"mtime"``),
+    for one kind of node (``"dir:mtime"``, ``"symlink:mode"``), or for the paths matching an
+    :mod:`fnmatch` pattern (``("implicit/*", "mtime")``).
     ``ignore_paths``: :mod:`fnmatch` patterns of paths left out entirely.
     ``ignore_root``: leave out the root directory's own metadata (its contents still count).
     ``exact_mtime``: compare modification times to the nanosecond, not the second.
     """
     patterns = tuple(ignore_paths)
+    everywhere: set[str] = set()
+    by_kind: set[tuple[str, str]] = set()
+    by_path: list[tuple[str, str]] = []
     for item in ignore:
-        name = item.rpartition(":")[2]
+        if isinstance(item, tuple):
+            pattern, name = item
+            by_path.append((pattern, name))
+        else:
+            kind, _, name = item.rpartition(":")
+            if kind:
+                by_kind.add((kind, name))
+            else:
+                everywhere.add(name)
         if name not in FIELDS:
             raise ValueError(f"unknown field {name!r} in ignore (known: {', '.join(FIELDS)})")
 
     def skipped(path: str) -> bool:
         return (ignore_root and path == ".") or any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
-    def ignored(kind: str, name: str) -> bool:
-        return name in ignore or f"{kind}:{name}" in ignore
+    def ignored(node: NodeInfo, name: str) -> bool:
+        return (
+            name in everywhere
+            or (node.kind, name) in by_kind
+            or any(n == name and fnmatch.fnmatchcase(node.path, p) for p, n in by_path)
+        )
 
     na, nb = names
     out: list[str] = []
@@ -262,7 +275,7 @@ def compare_trees(
             out.append(f"{path!r}: {x.kind} in {na}, {y.kind} in {nb}")
             continue
         for name in FIELDS:
-            if ignored(x.kind, name):
+            if ignored(x, name):
                 continue
             if name == "mtime" and exact_mtime:
                 va, vb = f"{x.mtime_ns}ns", f"{y.mtime_ns}ns"
