@@ -13,12 +13,14 @@
    wall time is split with a progress listener into fetch, gunzip (with the diff-ID check),
    ``write_zstd_chunked`` and the rest (mostly the push);
 4. compares sizes with the gzip original and with plain ``zstd -3`` of the same tar;
-5. for every chunk size, reads ``READS`` random 4 KiB pieces of the biggest files of the
-   converted image as a mount would on a cache miss: the chunk holding the piece is fetched
-   with :meth:`RegistryClient.fetch_ranges` from the loopback registry and decoded (and
-   verified) with :func:`decode_chunk`. One client serves all the reads (as in a mount, the
-   connection stays open); every read is of a chunk not read before, and the same
-   (file, offset) pairs are read at every chunk size.
+5. reads ``READS`` random 4 KiB pieces of the biggest files (those at least as big as the
+   largest chunk size) as a mount would on a cache miss: the chunk holding the piece is
+   fetched with :meth:`RegistryClient.fetch_ranges` from the loopback registry and decoded
+   and verified with :func:`decode_chunk`. The same (file, offset) pairs are read at every
+   chunk size, the sizes taking turns read by read; one client serves all the reads (as in
+   a mount, the connection stays open; the client caches nothing, so every read is a miss).
+   A few reads with a new client each show what connecting adds. The biggest file is also
+   read whole, neighbouring chunks merged into ranges of at most 4 MiB.
 
 Prints markdown tables and writes them, with the raw numbers, to
 ``bench/results/<UTC date>-<short host>-convert.md`` and ``.json``. Medians throughout; no
@@ -51,12 +53,15 @@ import trio
 import zstandard
 
 from lazyfs.convert import ConvertOptions, convert_image
-from lazyfs.formats.annotations import ZSTD_CHUNKED_MANIFEST_POSITION
-from lazyfs.formats.blobs import RegistryBlob
+from lazyfs.formats.annotations import (
+    ZSTD_CHUNKED_MANIFEST_POSITION,
+    ZSTD_CHUNKED_TARSPLIT_POSITION,
+)
 from lazyfs.formats.chunks import decode_chunk
 from lazyfs.formats.detect import find_layer_index
 from lazyfs.formats.model import EntryType
 from lazyfs.formats.zstd_chunked_writer import DEFAULT_CHUNK_SIZE, write_zstd_chunked
+from lazyfs.oci.blobs import RegistryBlob
 from lazyfs.oci.reference import Reference
 from lazyfs.oci.registry import RegistryClient
 from lazyfs.oci.store import open_store
@@ -71,9 +76,11 @@ INCLUDE = ("python3",)
 KiB, MiB, MB = 1024, 1024 * 1024, 1_000_000
 CHUNK_SIZES = (256 * KiB, 512 * KiB, 1 * MiB, 2 * MiB, 4 * MiB)
 RUNS = 3
-READS = 50
+READS = 100
 READ_SIZE = 4 * KiB
 BIG_FILES = 10
+WHOLE_READS = 5
+MERGE_LIMIT = 4 * MiB  # largest merged range (FORMATS.md §9: 1-4 MiB per request)
 MIN_TAR_BYTES = 100 * MB
 SEED = 20250520
 
@@ -161,16 +168,25 @@ def build_layout(rootfs: Path) -> tuple[Path, str]:
         return layout, tag
     say(f"packing {rootfs.name} into an OCI image with umoci")
     shutil.rmtree(layout, ignore_errors=True)
+    for stale in CACHE.glob("layer-*.tar"):  # the plain tar of a previous layout
+        stale.unlink()
     run(["umoci", "init", "--layout", str(layout)])
     run(["umoci", "new", "--image", f"{layout}:{tag}"])
     run(["umoci", "insert", "--image", f"{layout}:{tag}", str(rootfs), "/"])
     run(
         [
-            "umoci", "config", "--image", f"{layout}:{tag}",
-            "--config.cmd", "/usr/bin/python3", "--config.workingdir", "/",
-            "--config.env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "umoci",
+            "config",
+            "--image",
+            f"{layout}:{tag}",
+            "--config.cmd",
+            "/usr/bin/python3",
+            "--config.workingdir",
+            "/",
+            "--config.env",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         ]
-    )  # fmt: skip
+    )
     run(["umoci", "gc", "--layout", str(layout)])
     (CACHE / f"{layout.name}.done").write_text("ok\n")
     return layout, tag
@@ -180,9 +196,10 @@ def layout_layer(layout: Path, tag: str) -> dict:
     """The (only) layer descriptor of the image ``tag`` in ``layout``, with its blob path."""
     index = json.loads((layout / "index.json").read_text())
     desc = next(
-        m for m in index["manifests"] if m.get("annotations", {}).get(
-            "org.opencontainers.image.ref.name") == tag
-    )  # fmt: skip
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    )
 
     def blob(digest: str) -> Path:
         algo, hexd = digest.split(":")
@@ -294,87 +311,127 @@ async def convert_once(client: RegistryClient, src: str, dst: str, chunk_size: i
     }
 
 
-# ---------------------------------------------------------------- random reads
+# ---------------------------------------------------------------- reads
 
 
-async def converted_index(client: RegistryClient, image: str):
+class Converted:
+    """A converted image in the registry: its layer, the layer's index, blob parts."""
+
+    def __init__(self, chunk_size: int, ref: Reference, desc, index) -> None:
+        self.chunk_size, self.ref, self.desc, self.index = chunk_size, ref, desc, index
+        self.by_path = {e.path: e for e in index.entries}
+        self.toc_zstd = int(desc.annotations[ZSTD_CHUNKED_MANIFEST_POSITION].split(":")[1])
+        self.tarsplit_zstd = int(desc.annotations[ZSTD_CHUNKED_TARSPLIT_POSITION].split(":")[1])
+        spans = {(c.blob_offset, c.blob_length) for e in index.entries for c in e.chunks}
+        self.content_bytes = sum(n for _, n in spans)
+
+
+async def load_converted(client: RegistryClient, image: str, chunk_size: int) -> Converted:
     resolved = await open_store(image, client).resolve()
     (desc,) = resolved.manifest.layers
     ref = Reference.parse(image)
     blob = RegistryBlob(client, ref, desc.digest, desc.size)
-    index = await find_layer_index(
-        blob, media_type=desc.media_type, annotations=desc.annotations
-    )
+    index = await find_layer_index(blob, media_type=desc.media_type, annotations=desc.annotations)
     if index is None:
         raise RuntimeError(f"{image}: the converted layer has no index")
-    toc_z = int(desc.annotations[ZSTD_CHUNKED_MANIFEST_POSITION].split(":")[1])
-    return ref, desc, index, toc_z
+    return Converted(chunk_size, ref, desc, index)
 
 
-def pick_reads(index, n: int, seed: int = SEED) -> list[tuple[str, int]]:
-    """``n`` random 4 KiB-aligned (path, offset) pieces of the biggest regular files."""
+def big_files(index, at_least: int) -> list:
+    """Regular files of at least ``at_least`` bytes (the top ``BIG_FILES`` if fewer than 2)."""
     files = sorted(
         (e for e in index.entries if e.type == EntryType.REG and e.size >= 2 * READ_SIZE),
         key=lambda e: e.size,
         reverse=True,
-    )[:BIG_FILES]
+    )
+    chosen = [e for e in files if e.size >= at_least]
+    return chosen if len(chosen) >= 2 else files[:BIG_FILES]
+
+
+def pick_reads(files, n: int, seed: int = SEED) -> list[tuple[str, int]]:
+    """``n`` distinct random 4 KiB-aligned (path, offset) pieces, uniform over the files' bytes."""
     rng = random.Random(seed)
-    picks: set[tuple[str, int]] = set()
+    weights = [e.size for e in files]
+    picks: dict[tuple[str, int], None] = {}
     while len(picks) < n:
-        e = rng.choice(files)
-        picks.add((e.path, rng.randrange(0, e.size - READ_SIZE + 1) // READ_SIZE * READ_SIZE))
-    out = sorted(picks)
-    rng.shuffle(out)
-    return out
+        (e,) = rng.choices(files, weights)
+        picks[(e.path, rng.randrange(0, e.size - READ_SIZE + 1) // READ_SIZE * READ_SIZE)] = None
+    return list(picks)
 
 
-async def random_reads(client, ref, desc, index, picks) -> list[dict]:
-    by_path = {e.path: e for e in index.entries}
-    # One warm-up request so the first read does not pay for connecting.
-    await client.fetch_ranges(ref, desc.digest, [(0, 1)])
-    out = []
-    for path, offset in picks:
-        entry = by_path[path]
-        end = offset + READ_SIZE
-        chunks = [c for c in entry.chunks if c.file_offset < end and offset < c.file_offset + c.size]
-        started = time.perf_counter()
-        data = await client.fetch_ranges(
-            ref, desc.digest, [(c.blob_offset, c.blob_length) for c in chunks], blob_size=desc.size
-        )
-        fetched = time.perf_counter()
-        piece = b"".join(
-            decode_chunk(c, d, what=path)[max(0, offset - c.file_offset) : end - c.file_offset]
-            for c, d in zip(chunks, data, strict=True)
-        )
-        done = time.perf_counter()
-        if len(piece) != READ_SIZE:
-            raise RuntimeError(f"{path}@{offset}: read {len(piece)} bytes")
-        out.append(
-            {
-                "path": path,
-                "offset": offset,
-                "chunks": len(chunks),
-                "bytes": sum(c.blob_length for c in chunks),
-                "content_bytes": sum(c.size for c in chunks),
-                "fetch": fetched - started,
-                "decode": done - fetched,
-                "total": done - started,
-                "sha256": hashlib.sha256(piece).hexdigest()[:16],
-            }
-        )
-    return out
+async def read_piece(client: RegistryClient, img: Converted, path: str, offset: int) -> dict:
+    """A 4 KiB read on a cache miss: fetch the chunk(s) holding it, decode, verify."""
+    entry = img.by_path[path]
+    end = offset + READ_SIZE
+    chunks = [c for c in entry.chunks if c.file_offset < end and offset < c.file_offset + c.size]
+    started = time.perf_counter()
+    data = await client.fetch_ranges(
+        img.ref,
+        img.desc.digest,
+        [(c.blob_offset, c.blob_length) for c in chunks],
+        blob_size=img.desc.size,
+    )
+    fetched = time.perf_counter()
+    piece = b"".join(
+        decode_chunk(c, d, what=path)[max(0, offset - c.file_offset) : end - c.file_offset]
+        for c, d in zip(chunks, data, strict=True)
+    )
+    done = time.perf_counter()
+    if len(piece) != READ_SIZE:
+        raise RuntimeError(f"{path}@{offset}: read {len(piece)} bytes")
+    return {
+        "path": path,
+        "offset": offset,
+        "chunks": len(chunks),
+        "bytes": sum(c.blob_length for c in chunks),
+        "fetch": fetched - started,
+        "decode": done - fetched,
+        "total": done - started,
+        "sha256": hashlib.sha256(piece).hexdigest()[:16],
+    }
 
 
-async def fresh_client_reads(ref, desc, index, picks) -> list[float]:
-    """The same reads, each from a new client (connection set-up included)."""
-    by_path = {e.path: e for e in index.entries}
+async def read_whole(client: RegistryClient, img: Converted, path: str) -> dict:
+    """A whole file on a cache miss, neighbouring chunks merged into ranges of <= 4 MiB."""
+    chunks = [c for c in img.by_path[path].chunks if c.blob_length]
+    ranges: list[list[int]] = []
+    for c in chunks:
+        if (
+            ranges
+            and ranges[-1][0] + ranges[-1][1] == c.blob_offset
+            and (ranges[-1][1] + c.blob_length <= MERGE_LIMIT)
+        ):
+            ranges[-1][1] += c.blob_length
+        else:
+            ranges.append([c.blob_offset, c.blob_length])
+    started = time.perf_counter()
+    data = await client.fetch_ranges(
+        img.ref, img.desc.digest, [(o, n) for o, n in ranges], blob_size=img.desc.size
+    )
+    fetched = time.perf_counter()
+    whole = memoryview(b"".join(data))
+    base = ranges[0][0]
+    out = hashlib.sha256()
+    for c in chunks:  # contiguous in the blob, so offsets into the joined ranges hold
+        out.update(decode_chunk(c, whole[c.blob_offset - base : c.blob_end - base], what=path))
+    done = time.perf_counter()
+    return {
+        "requests": len(ranges) if len(ranges) == 1 else -(-len(ranges) // 64),
+        "bytes": sum(n for _, n in ranges),
+        "fetch": fetched - started,
+        "decode": done - fetched,
+        "total": done - started,
+        "sha256": out.hexdigest()[:16],
+    }
+
+
+async def fresh_client_reads(img: Converted, picks) -> list[float]:
+    """The same 4 KiB reads, each from a new client (connection set-up included)."""
     times = []
     for path, offset in picks:
-        (chunk,) = [c for c in by_path[path].chunks if c.file_offset <= offset < c.file_offset + c.size]
         started = time.perf_counter()
         async with RegistryClient() as client:
-            (data,) = await client.fetch_ranges(ref, desc.digest, [(chunk.blob_offset, chunk.blob_length)])
-        decode_chunk(chunk, data)
+            await read_piece(client, img, path, offset)
         times.append(time.perf_counter() - started)
     return times
 
@@ -408,6 +465,9 @@ async def bench(args) -> dict:
     from tests.harness.registry import RegistryServer
 
     t0 = time.perf_counter()
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5:
+        say(f"note: load average {load_start[0]:.2f}: other work on this machine slows the timings")
     rootfs, debootstrap_s = build_rootfs()
     layout, tag = build_layout(rootfs)
     layer = layout_layer(layout, tag)
@@ -416,8 +476,10 @@ async def bench(args) -> dict:
     tar_bytes = tar.stat().st_size
     if tar_bytes < MIN_TAR_BYTES:
         say(f"warning: the image is only {tar_bytes / MB:.0f} MB uncompressed")
-    say(f"image: {tar_bytes / MB:.1f} MB tar, {contents['entries']} entries, gzip layer "
-        f"{layer['size'] / MB:.1f} MB ({time.perf_counter() - t0:.0f} s to prepare)")  # fmt: skip
+    say(
+        f"image: {tar_bytes / MB:.1f} MB tar, {contents['entries']} entries, gzip layer "
+        f"{layer['size'] / MB:.1f} MB ({time.perf_counter() - t0:.0f} s to prepare)"
+    )
 
     say("plain zstd -3 of the same tar")
     zstd3 = plain_zstd(tar)
@@ -429,60 +491,86 @@ async def bench(args) -> dict:
         src = f"{server.host}/bench/debian:gzip"
         say(f"pushing the image to {src} with skopeo")
         run(
-            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-             f"oci:{layout}:{tag}", f"docker://{src}"]
-        )  # fmt: skip
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                f"oci:{layout}:{tag}",
+                f"docker://{src}",
+            ]
+        )
         conversions: dict[int, list[dict]] = {cs: [] for cs in args.sizes}
-        reads: dict[int, dict] = {}
         async with RegistryClient() as client:
             for r in range(args.runs):
                 for cs in args.sizes:
                     dst = f"{server.host}/bench/debian-zc{cs // KiB}k-r{r + 1}:latest"
                     say(f"round {r + 1}/{args.runs}: convert with {human_size(cs)} chunks")
                     conversions[cs].append(await convert_once(client, src, dst, cs))
-            picks = None
-            for cs in args.sizes:
-                image = f"{server.host}/bench/debian-zc{cs // KiB}k-r1:latest"
-                ref, desc, index, toc_z = await converted_index(client, image)
-                if picks is None:
-                    picks = pick_reads(index, args.reads)
-                say(f"{len(picks)} random {READ_SIZE // KiB} KiB reads with {human_size(cs)} chunks")
-                samples = await random_reads(client, ref, desc, index, picks)
-                fresh = None
-                if cs == DEFAULT_CHUNK_SIZE and args.fresh:
-                    fresh = await fresh_client_reads(ref, desc, index, picks[: args.fresh])
-                reads[cs] = {
-                    "samples": samples,
-                    "fresh_client": fresh,
-                    "chunks": index.chunk_count,
-                    "toc_bytes": index.index_size,
-                    "toc_zstd_bytes": toc_z,
-                }
+            images = {
+                cs: await load_converted(
+                    client, f"{server.host}/bench/debian-zc{cs // KiB}k-r1:latest", cs
+                )
+                for cs in args.sizes
+            }
+            files = big_files(next(iter(images.values())).index, max(args.sizes))
+            picks = pick_reads(files, args.reads)
+            for img in images.values():  # connect, and read each index's first byte once
+                await client.fetch_ranges(img.ref, img.desc.digest, [(0, 1)])
+            say(
+                f"{len(picks)} random {READ_SIZE // KiB} KiB reads in {len(files)} files, "
+                f"at each chunk size in turn"
+            )
+            reads: dict[int, list[dict]] = {cs: [] for cs in args.sizes}
+            for path, offset in picks:
+                for cs, img in images.items():
+                    reads[cs].append(await read_piece(client, img, path, offset))
+            say(f"reading {files[0].path} whole, {WHOLE_READS} times at each chunk size")
+            wholes: dict[int, list[dict]] = {cs: [] for cs in args.sizes}
+            for _ in range(WHOLE_READS):
+                for cs, img in images.items():
+                    wholes[cs].append(await read_whole(client, img, files[0].path))
+            fresh = []
+            if args.fresh and DEFAULT_CHUNK_SIZE in images:
+                say(f"{args.fresh} reads with a new client each")
+                fresh = await fresh_client_reads(images[DEFAULT_CHUNK_SIZE], picks[: args.fresh])
     finally:
         server.stop()
         shutil.rmtree(regdir, ignore_errors=True)
+    load_end = os.getloadavg()
 
     # Every chunk size must read the same bytes.
-    reference = [s["sha256"] for s in next(iter(reads.values()))["samples"]]
-    for cs, r in reads.items():
-        if [s["sha256"] for s in r["samples"]] != reference:
-            raise RuntimeError(f"chunk size {cs}: the reads gave other bytes")
+    for cs in args.sizes:
+        for a, b in zip(reads[cs], reads[args.sizes[0]], strict=True):
+            if a["sha256"] != b["sha256"]:
+                raise RuntimeError(f"{human_size(cs)} chunks: {a['path']}@{a['offset']} differs")
+        if {w["sha256"] for w in wholes[cs]} != {wholes[args.sizes[0]][0]["sha256"]}:
+            raise RuntimeError(f"{human_size(cs)} chunks: the whole-file reads differ")
 
     rows = []
     for cs in args.sizes:
-        runs_ = conversions[cs]
+        runs_, samples, img = conversions[cs], reads[cs], images[cs]
         sizes = {c["blob_bytes"] for c in runs_}
         if len(sizes) != 1:
             raise RuntimeError(f"chunk size {cs}: blob sizes differ between runs: {sizes}")
-        samples = reads[cs]["samples"]
+        if sizes != {img.desc.size}:
+            raise RuntimeError(f"chunk size {cs}: the report and the manifest disagree")
         rows.append(
             {
                 "chunk_size": cs,
-                "blob_bytes": sizes.pop(),
-                "chunks": reads[cs]["chunks"],
-                "toc_bytes": reads[cs]["toc_bytes"],
-                "toc_zstd_bytes": reads[cs]["toc_zstd_bytes"],
-                "convert": {k: med([c[k] for c in runs_]) for k in ("wall", "fetch", "gunzip", "write", "other")},
+                "blob_bytes": img.desc.size,
+                "chunks": img.index.chunk_count,
+                "toc_bytes": img.index.index_size,
+                "toc_zstd_bytes": img.toc_zstd,
+                "tarsplit_zstd_bytes": img.tarsplit_zstd,
+                "content_frame_bytes": img.content_bytes,
+                "read_files_bytes": sum(
+                    c.blob_length for f in files for c in img.by_path[f.path].chunks
+                ),
+                "convert": {
+                    k: med([c[k] for c in runs_])
+                    for k in ("wall", "fetch", "gunzip", "write", "other")
+                },
                 "convert_runs": runs_,
                 "read_total_median": med([s["total"] for s in samples]),
                 "read_total_p90": pct([s["total"] for s in samples], 0.9),
@@ -490,11 +578,13 @@ async def bench(args) -> dict:
                 "read_decode_median": med([s["decode"] for s in samples]),
                 "read_bytes_median": med([s["bytes"] for s in samples]),
                 "read_bytes_mean": statistics.fmean([s["bytes"] for s in samples]),
-                "read_requests_per_read": 1,
-                "fresh_client_median": med(reads[cs]["fresh_client"]) if reads[cs]["fresh_client"] else None,
+                "whole_file": {
+                    k: med([w[k] for w in wholes[cs]])
+                    for k in ("total", "fetch", "decode", "bytes", "requests")
+                },
                 "read_samples": samples,
             }
-        )  # fmt: skip
+        )
     now = datetime.datetime.now(datetime.UTC)
     return {
         "date": now.strftime("%Y-%m-%d"),
@@ -518,8 +608,18 @@ async def bench(args) -> dict:
             **contents,
         },
         "zstd3": zstd3,
-        "settings": {"runs": args.runs, "reads": args.reads, "read_size": READ_SIZE,
-                     "big_files": BIG_FILES, "seed": SEED, "level": 3},  # fmt: skip
+        "settings": {
+            "runs": args.runs,
+            "reads": args.reads,
+            "read_size": READ_SIZE,
+            "whole_reads": WHOLE_READS,
+            "merge_limit": MERGE_LIMIT,
+            "seed": SEED,
+            "level": 3,
+        },
+        "read_files": [{"path": e.path, "size": e.size} for e in files],
+        "fresh_client_reads": fresh,
+        "load_average": {"start": load_start, "end": load_end},
         "default_chunk_size": DEFAULT_CHUNK_SIZE,
         "rows": rows,
         "seconds": time.perf_counter() - t0,
@@ -544,22 +644,42 @@ def render(res: dict) -> str:
     tar = img["tar_bytes"]
     rows = {r["chunk_size"]: r for r in res["rows"]}
     default = rows.get(res["default_chunk_size"]) or res["rows"][0]
-    ms = lambda s: f"{s * 1000:.1f}"  # noqa: E731
-    mb = lambda n: f"{n / MB:.1f}"  # noqa: E731
     m = res["machine"]
+
+    def ms(s: float) -> str:
+        return f"{s * 1000:.1f}"
+
+    def mb(n: float) -> str:
+        return f"{n / MB:.1f}"
+
     out = io.StringIO()
-    w = lambda s="": print(s, file=out)  # noqa: E731
+
+    def w(s: str = "") -> None:
+        print(s, file=out)
+
     w(f"# convert benchmark, {res['time']} on {res['host']}")
     w()
-    w(f"Machine: {m['cpus']} × {m['cpu']}; Python {m['python']}, zstandard {m['zstandard']} "
-      f"(libzstd {m['libzstd']}), {m['registry']}, umoci {m['umoci']}.")  # fmt: skip
-    w(f"Image: `debootstrap {img['debootstrap']}`, one layer ({img['media_type']}): "
-      f"tar {mb(tar)} MB, {img['entries']} entries ({img['regular_files']} regular files, "
-      f"{mb(img['file_bytes'])} MB of file content). Biggest files: "
-      + ", ".join(f"{Path(b['path']).name} {b['size'] / MiB:.1f} MiB" for b in img["biggest"][:5])
-      + ".")  # fmt: skip
-    w(f"Medians of {res['settings']['runs']} conversions and of {res['settings']['reads']} "
-      f"random 4 KiB reads; zstd level {res['settings']['level']}.")  # fmt: skip
+    load = res["load_average"]
+    w(
+        f"Machine: {m['cpus']} x {m['cpu']}; Python {m['python']}, zstandard {m['zstandard']} "
+        f"(libzstd {m['libzstd']}), {m['registry']}, {m['umoci']}. Load average (1 min) "
+        f"{load['start'][0]:.2f} at the start, {load['end'][0]:.2f} at the end."
+    )
+    w()
+    w(
+        f"Image: `debootstrap {img['debootstrap']}` (apt caches dropped), one layer "
+        f"({img['media_type']}): tar {mb(tar)} MB, {img['entries']} entries "
+        f"({img['regular_files']} regular files, {mb(img['file_bytes'])} MB of file content). "
+        "Biggest files: "
+        + ", ".join(f"{Path(b['path']).name} {b['size'] / MiB:.1f} MiB" for b in img["biggest"][:5])
+        + "."
+    )
+    w()
+    st = res["settings"]
+    w(
+        f"Medians of {st['runs']} conversions per chunk size and of {st['reads']} random 4 KiB "
+        f"reads; zstd level {st['level']}."
+    )
     w()
     c = default["convert"]
     w(f"## Conversion registry → registry ({human_size(default['chunk_size'])} chunks)")
@@ -568,57 +688,94 @@ def render(res: dict) -> str:
     w("|---|---:|---:|")
     w(f"| whole `convert_image` (wall) | {c['wall']:.2f} | {tar / MB / c['wall']:.1f} |")
     for key, label in (
-        ("fetch", "fetch the gzip blob (verified)"),
-        ("gunzip", "gunzip to a tar + diff-ID check"),
-        ("write", "`write_zstd_chunked`"),
-        ("other", "the rest (push blob, config, manifest)"),
+        ("fetch", "… fetch the gzip blob (verified)"),
+        ("gunzip", "… gunzip to a tar + diff-ID check"),
+        ("write", "… `write_zstd_chunked`"),
+        ("other", "… the rest (push blob, config, manifest)"),
     ):
         w(f"| {label} | {c[key]:.2f} | {tar / MB / c[key]:.1f} |")
-    w(f"| for comparison: plain `zstd -3` of the tar, one thread | {z3['seconds']:.2f} | "
-      f"{tar / MB / z3['seconds']:.1f} |")  # fmt: skip
+    w(
+        f"| for comparison: plain `zstd -3` of the tar, one thread | {z3['seconds']:.2f} | "
+        f"{tar / MB / z3['seconds']:.1f} |"
+    )
     w()
     w("## Sizes")
     w()
     w("| | bytes | MB | vs tar | vs gzip | vs zstd -3 |")
     w("|---|---:|---:|---:|---:|---:|")
     g = img["gzip_bytes"]
+    d = default
     for label, n in (
         ("tar (uncompressed)", tar),
         ("gzip layer (umoci)", g),
-        ("plain zstd -3", z3["bytes"]),
-        (f"zstd:chunked, {human_size(default['chunk_size'])} chunks", default["blob_bytes"]),
+        ("plain zstd -3 (one frame)", z3["bytes"]),
+        (f"zstd:chunked, {human_size(d['chunk_size'])} chunks", d["blob_bytes"]),
+        ("… file content frames", d["content_frame_bytes"]),
+        ("… TOC (zstd)", d["toc_zstd_bytes"]),
+        ("… tar-split (zstd)", d["tarsplit_zstd_bytes"]),
+        (
+            "… tar headers and padding frames, footer",
+            d["blob_bytes"]
+            - d["content_frame_bytes"]
+            - d["toc_zstd_bytes"]
+            - d["tarsplit_zstd_bytes"],
+        ),
     ):
         w(f"| {label} | {n} | {mb(n)} | {n / tar:.3f} | {n / g:.3f} | {n / z3['bytes']:.3f} |")
     w()
     w("## Chunk size")
     w()
-    w("| chunk | blob MB | vs zstd -3 | chunks | TOC KB (zstd) | convert s | MB/s | "
-      "4 KiB read ms (median) | p90 | of which fetch | decode | KiB fetched per read |")  # fmt: skip
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    files = res["read_files"]
+    whole = files[0]
+    w(
+        "| chunk | blob MB | vs zstd -3 | chunks | TOC KB (zstd) | convert s | MB/s | "
+        "4 KiB read ms | p90 | fetch | decode | KiB fetched per 4 KiB | "
+        f"whole {Path(whole['path']).name} ms | read files KB |"
+    )
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in res["rows"]:
         mark = " (default)" if r["chunk_size"] == res["default_chunk_size"] else ""
         w(
             f"| {human_size(r['chunk_size'])}{mark} | {mb(r['blob_bytes'])} | "
-            f"{(r['blob_bytes'] / z3['bytes'] - 1) * 100:+.2f} % | {r['chunks']} | "
+            f"{(r['blob_bytes'] / z3['bytes'] - 1) * 100:+.1f} % | {r['chunks']} | "
             f"{r['toc_zstd_bytes'] / 1000:.0f} | {r['convert']['wall']:.2f} | "
             f"{tar / MB / r['convert']['wall']:.1f} | {ms(r['read_total_median'])} | "
             f"{ms(r['read_total_p90'])} | {ms(r['read_fetch_median'])} | "
-            f"{ms(r['read_decode_median'])} | {r['read_bytes_median'] / KiB:.0f} |"
+            f"{ms(r['read_decode_median'])} | {r['read_bytes_median'] / KiB:.0f} | "
+            f"{ms(r['whole_file']['total'])} | {r['read_files_bytes'] / 1000:.0f} |"
         )
-    fresh = [r for r in res["rows"] if r["fresh_client_median"] is not None]
     w()
-    w("Reads: one request per read (the one chunk holding the 4 KiB), from one long-lived "
-      "client over a kept-alive loopback connection; the registry's files are in the page "
-      "cache. \"vs zstd -3\" is the blob's size over plain `zstd -3` of the same tar: the "
-      "cost of a frame per file and per chunk, plus TOC and tar-split.")  # fmt: skip
-    for r in fresh:
-        w(f"With a new client for every read ({human_size(r['chunk_size'])} chunks): "
-          f"{ms(r['fresh_client_median'])} ms median (connection set-up included).")  # fmt: skip
+    w(
+        "4 KiB reads: uniform over the bytes of "
+        + ", ".join(f"`{f['path']}` ({f['size'] / MiB:.1f} MiB)" for f in files)
+        + f" (the files of at least {human_size(max(rows))}); each read fetches the chunk "
+        "holding the piece in one range request and decodes and verifies it (fetch + decode = "
+        "the read), from one long-lived client over a kept-alive loopback connection (the "
+        "client caches nothing, so every read is a miss; the registry's files are in the page "
+        "cache). The chunk sizes take turns, read by read. "
+        f"Whole file: `{whole['path']}` read {st['whole_reads']} times, neighbouring chunks "
+        f"merged into ranges of at most {human_size(st['merge_limit'])} (one request here), "
+        'every chunk decoded and verified. "vs zstd -3": the blob\'s size over plain '
+        '`zstd -3` of the same tar. "read files KB": the read files as stored (their '
+        "chunks' frames): what cutting big files costs in compression."
+    )
+    if res["fresh_client_reads"]:
+        w()
+        w(
+            f"With a new client for each read ({human_size(res['default_chunk_size'])} chunks, "
+            f"{len(res['fresh_client_reads'])} reads): {ms(med(res['fresh_client_reads']))} ms "
+            "median, connection set-up included."
+        )
     w()
-    w(f"Whole bench: {res['seconds']:.0f} s"
-      + (f" (debootstrap {img['debootstrap_seconds']:.0f} s of it)"
-         if img["debootstrap_seconds"] else ", root filesystem from the cache")
-      + ".")  # fmt: skip
+    w(
+        f"Whole bench: {res['seconds']:.0f} s"
+        + (
+            f" (debootstrap {img['debootstrap_seconds']:.0f} s of it)"
+            if img["debootstrap_seconds"]
+            else ", root filesystem from the cache"
+        )
+        + "."
+    )
     return out.getvalue()
 
 
@@ -645,25 +802,39 @@ def profile(top: int) -> None:
     prof.disable()
     seconds = time.perf_counter() - started
     out.unlink()
-    print(f"write_zstd_chunked: {result.tar_size / MB:.1f} MB tar in {seconds:.2f} s "
-          f"under cProfile ({result.entries} entries, {result.chunks} chunks)")  # fmt: skip
+    print(
+        f"write_zstd_chunked: {result.tar_size / MB:.1f} MB tar in {seconds:.2f} s "
+        f"under cProfile ({result.entries} entries, {result.chunks} chunks)"
+    )
     stats = pstats.Stats(prof)
     stats.sort_stats("tottime").print_stats(top)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.convert", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--runs", type=int, default=RUNS, help="conversions per chunk size")
-    parser.add_argument("--reads", type=int, default=READS, help="random 4 KiB reads per chunk size")
     parser.add_argument(
-        "--sizes", default=",".join(str(s // KiB) for s in CHUNK_SIZES),
+        "--reads", type=int, default=READS, help="random 4 KiB reads per chunk size"
+    )
+    parser.add_argument(
+        "--sizes",
+        default=",".join(str(s // KiB) for s in CHUNK_SIZES),
         help="chunk sizes in KiB, comma separated",
-    )  # fmt: skip
-    parser.add_argument("--fresh", type=int, default=10,
-                        help="reads with a new client each, at the default chunk size (0: none)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--fresh",
+        type=int,
+        default=10,
+        help="reads with a new client each, at the default chunk size (0: none)",
+    )
     parser.add_argument("--no-save", action="store_true", help="print only")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile write_zstd_chunked on the cached tar instead")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile write_zstd_chunked on the cached tar instead",
+    )
     args = parser.parse_args(argv)
     if args.profile:
         profile(25)

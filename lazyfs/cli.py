@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_size,
         default=None,
         metavar="SIZE",
-        help="cut files larger than this into chunks (default 1M; K/M suffixes)",
+        help="cut files larger than this into chunks (default 512K; K/M suffixes)",
     )
     p.add_argument("--level", type=int, default=3, help="zstd compression level (default 3)")
     p.add_argument(

@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from lazyfs.errors import DigestMismatch, LayerIndexError
 from lazyfs.formats import estargz
 from lazyfs.formats.annotations import ESTARGZ_TOC_DIGEST
-from lazyfs.formats.blobs import BytesBlob
 from lazyfs.formats.estargz import parse_estargz_footer, read_estargz_index
 from lazyfs.formats.model import CODEC_GZIP, EntryType, LayerIndex
 from lazyfs.formats.toc import MAX_TOC_SIZE, TAIL_SIZE
+from lazyfs.oci.blobs import BytesBlob
 from tests.harness.indexcheck import assert_index_matches_tar, tar_members
 
 #: A footer written by ``ctr-remote image convert --estargz`` (TOC member at 0x12c3c).

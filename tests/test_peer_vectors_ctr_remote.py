@@ -28,12 +28,12 @@ from lazyfs.formats.annotations import (
     ESTARGZ_UNCOMPRESSED_SIZE,
     LEGACY_ZSTD_CHUNKED_MANIFEST_CHECKSUM,
 )
-from lazyfs.formats.blobs import RegistryBlob
 from lazyfs.formats.estargz import parse_estargz_footer, read_estargz_index
 from lazyfs.formats.model import CODEC_GZIP, EntryType, LayerIndex
 from lazyfs.formats.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
 from lazyfs.formats.zstd_chunked import read_zstd_chunked_index
 from lazyfs.oci import mediatypes
+from lazyfs.oci.blobs import RegistryBlob
 from lazyfs.oci.digest import Digest
 from lazyfs.oci.manifest import Descriptor
 from lazyfs.oci.reference import Reference

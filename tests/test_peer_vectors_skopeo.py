@@ -43,7 +43,6 @@ import trio
 import zstandard
 
 from lazyfs.formats.annotations import ZSTD_CHUNKED, lazy_format_from_annotations
-from lazyfs.formats.blobs import RegistryBlob
 from lazyfs.formats.model import CODEC_ZEROS, EntryType
 from lazyfs.formats.zstd_chunked import (
     footer_from_annotations,
@@ -51,6 +50,7 @@ from lazyfs.formats.zstd_chunked import (
     read_zstd_chunked,
 )
 from lazyfs.oci import mediatypes
+from lazyfs.oci.blobs import RegistryBlob
 from lazyfs.oci.digest import Digest
 from lazyfs.oci.manifest import Descriptor
 from lazyfs.oci.reference import Reference

@@ -9,10 +9,10 @@ import pytest
 import trio
 
 from lazyfs.errors import LayerIndexError
-from lazyfs.formats.blobs import BytesBlob, FileBlob, RegistryBlob
 from lazyfs.formats.detect import find_layer_index, read_layer_index
 from lazyfs.formats.plain import build_plain_index, cached_tar_path
 from lazyfs.oci import Reference, RegistryClient, RetryPolicy, mediatypes
+from lazyfs.oci.blobs import BytesBlob, FileBlob, RegistryBlob
 from lazyfs.oci.digest import Digest
 from tests.harness.faultproxy import Truncate
 from tests.harness.images import build_image, push_image, sample_layers, tar_layer

@@ -26,7 +26,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lazyfs.errors import DigestMismatch, LayerIndexError
-from lazyfs.formats.blobs import BytesBlob
 from lazyfs.formats.model import CODEC_ZEROS, CODEC_ZSTD, EntryType
 from lazyfs.formats.toc import TAIL_SIZE
 from lazyfs.formats.zstd_chunked import (
@@ -37,6 +36,7 @@ from lazyfs.formats.zstd_chunked import (
     read_zstd_chunked,
     read_zstd_chunked_index,
 )
+from lazyfs.oci.blobs import BytesBlob
 from tests.harness.images import Entry, tar_layer
 from tests.harness.indexcheck import assert_index_matches_tar
 

@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lazyfs.errors import LayerIndexError
-from lazyfs.formats.blobs import BytesBlob
 from lazyfs.formats.detect import find_layer_index
 from lazyfs.formats.model import CODEC_ZEROS
 from lazyfs.formats.zstd_chunked import read_zstd_chunked_index
 from lazyfs.formats.zstd_chunked_writer import PREFETCH_ANNOTATION, write_zstd_chunked
 from lazyfs.oci import mediatypes
+from lazyfs.oci.blobs import BytesBlob
 from tests.harness.images import Entry, tar_layer
 from tests.harness.indexcheck import assert_index_matches_tar, tar_members
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ..errors import LayerIndexError
 from ..oci import mediatypes
+from ..oci.blobs import BlobReader
 from ..oci.digest import Digest
 from .annotations import LEGACY_ZSTD_CHUNKED_MANIFEST_POSITION, ZSTD_CHUNKED_MANIFEST_POSITION
-from .blobs import BlobReader
 from .estargz import parse_estargz_footer, read_estargz_index
 from .model import LayerIndex
 from .plain import build_plain_index

@@ -27,9 +27,9 @@ from collections.abc import Mapping
 import trio
 
 from ..errors import DigestMismatch, InvalidDigest, LayerIndexError
+from ..oci.blobs import BlobReader
 from ..oci.digest import Digest
 from .annotations import ESTARGZ_TOC_DIGEST
-from .blobs import BlobReader
 from .model import CODEC_GZIP, LayerIndex
 from .toc import MAX_TOC_SIZE, TAIL_SIZE, TOC_TAR_NAME, entries_from_toc, parse_toc_json
 

@@ -19,8 +19,8 @@ import zstandard
 
 from ..errors import LayerIndexError
 from ..oci import mediatypes
+from ..oci.blobs import BlobReader
 from ..oci.digest import Digest
-from .blobs import BlobReader
 from .model import CODEC_NONE, CODEC_ZEROS, Chunk, Entry, EntryType, LayerIndex, normalize_path
 
 __all__ = ["build_plain_index", "cached_tar_path", "index_tar_file"]

@@ -45,6 +45,7 @@ import trio
 import zstandard
 
 from ..errors import InvalidDigest, LayerIndexError
+from ..oci.blobs import BlobReader
 from ..oci.digest import Digest
 from .annotations import (
     ESTARGZ_TOC_DIGEST,
@@ -54,7 +55,6 @@ from .annotations import (
     ZSTD_CHUNKED_MANIFEST_POSITION,
     ZSTD_CHUNKED_TARSPLIT_POSITION,
 )
-from .blobs import BlobReader
 from .model import CODEC_ZSTD, LayerIndex
 from .toc import MAX_TOC_SIZE, TAIL_SIZE, entries_from_toc, parse_toc_json
 

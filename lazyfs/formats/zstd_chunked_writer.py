@@ -53,8 +53,11 @@ __all__ = [
     "write_zstd_chunked",
 ]
 
-#: Default size of the chunks big files are cut into (see bench/convert for the choice).
-DEFAULT_CHUNK_SIZE = 1024 * 1024
+#: Default size of the chunks big files are cut into. Measured in bench/convert.py on a
+#: Debian rootfs: against 1 MiB, a cold 4 KiB read decodes half as much (about 1 ms less) for
+#: +0.4 % blob size; smaller chunks gain little more and double the index entries of big files.
+#: Whole-file reads stay fast because the fetcher merges neighbouring chunks into one request.
+DEFAULT_CHUNK_SIZE = 512 * 1024
 PREFETCH_ANNOTATION = "io.lazyfs.prefetch-offset"
 TARSPLIT_CHECKSUM_ANNOTATION = "io.github.containers.zstd-chunked.tarsplit-checksum"
 
@@ -434,6 +437,8 @@ def _write_content(
     info = m.info
     # (file offset, length) of each stored data run; holes between runs are zeros.
     runs = list(info.sparse) if info.sparse else [(0, info.size)]
+    # A file that is one chunk has one digest: hash its bytes once.
+    single = runs == [(0, info.size)] and info.size <= chunk_size
     whole = hashlib.sha256()
     crc = None
     pieces: list[dict] = []
@@ -449,7 +454,9 @@ def _write_content(
         while done < run_length:
             n = min(chunk_size, run_length - done)
             data = read(m.data + stored, n)
-            whole.update(data)
+            chunk_digest = Digest.of(data)
+            if not single:
+                whole.update(data)
             crc = fastcrc.crc64.go_iso(data, crc)
             start, end = out.frame(data)
             pieces.append(
@@ -458,7 +465,7 @@ def _write_content(
                     "endOffset": end,
                     "chunkOffset": position,
                     "chunkSize": n,
-                    "chunkDigest": str(Digest.of(data)),
+                    "chunkDigest": str(chunk_digest),
                 }
             )
             done += n
@@ -468,7 +475,7 @@ def _write_content(
         hole = info.size - position
         pieces.append({"chunkOffset": position, "chunkSize": hole, "chunkType": "zeros"})
         _hash_zeros(whole, hole)
-    entry["digest"] = f"sha256:{whole.hexdigest()}"
+    entry["digest"] = pieces[0]["chunkDigest"] if single else f"sha256:{whole.hexdigest()}"
     first = pieces[0]
     data_pieces = [p for p in pieces if "offset" in p]
     if data_pieces:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import NotFound
-from ..formats.blobs import BlobReader, FileBlob, RegistryBlob
+from .blobs import BlobReader, FileBlob, RegistryBlob
 from .digest import Digest, Verifier
 from .layout import OCILayout, parse_layout_reference
 from .manifest import Descriptor, parse_manifest

@@ -10,9 +10,9 @@ from __future__ import annotations
 import io
 import tarfile
 
-from lazyfs.formats.blobs import BlobReader
 from lazyfs.formats.chunks import decode_chunk
 from lazyfs.formats.model import Entry, EntryType, LayerIndex, normalize_path
+from lazyfs.oci.blobs import BlobReader
 
 _KIND = {
     tarfile.REGTYPE: EntryType.REG,

@@ -1,8 +1,8 @@
 """Random access to a layer blob, wherever it lives.
 
-Format readers and the chunk fetcher read blobs through :class:`BlobReader`: a registry
-blob (byte ranges over HTTP), a file (an OCI layout's blob, the local cache), or bytes in
-memory (tests, the converter). All of them count what they read.
+The format readers (:mod:`lazyfs.formats`) and the chunk fetcher read blobs through
+:class:`BlobReader`: a registry blob (byte ranges over HTTP), a file (an OCI layout's blob,
+the local cache), or bytes in memory (tests, the converter).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Protocol
 
 import trio
 
-from ..oci.digest import Digest
-from ..oci.reference import Reference
-from ..oci.registry import RegistryClient
+from ..errors import DigestMismatch
+from .digest import Digest
+from .reference import Reference
+from .registry import RegistryClient
 
 __all__ = ["BlobReader", "BytesBlob", "FileBlob", "RegistryBlob"]
 
@@ -105,8 +106,6 @@ class FileBlob:
                 await trio.lowlevel.checkpoint()
         actual = f"{self.digest.algorithm}:{hasher.hexdigest()}"
         if actual != self.digest:
-            from ..errors import DigestMismatch
-
             raise DigestMismatch(f"blob file {self.path}: expected {self.digest}, got {actual}")
 
     def __repr__(self) -> str:
