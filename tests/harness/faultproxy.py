@@ -673,8 +673,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
+        record.status = status  # before the headers go out: the client may look right after
         self.end_headers()
-        record.status = status
         if self.command != "HEAD" and body:
             self.wfile.write(body)
             record.bytes_sent += len(body)
@@ -806,8 +806,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if buffered is not None:
             self.send_header("Content-Length", str(len(buffered)))
+        record.status = response.status  # before the headers go out (see respond)
         self.end_headers()
-        record.status = response.status
         if not has_body:
             return
 
