@@ -588,3 +588,32 @@ def test_token_rejected_mid_session_is_renewed(token_registry, tmp_path):
                 assert issuer.tokens_issued == issued + 1
 
         trio.run(main)
+
+
+def test_storage_url_is_asked_again_on_403_and_after_its_ttl(registry, fault_proxy):
+    """A registry redirects blobs to "storage" (a second proxy); a refused or expired
+    storage URL sends the client back to the registry for a fresh redirect."""
+    from tests.harness.faultproxy import Redirect
+
+    image = big_image()
+    blob = image.layers[0]
+    ref = _pushed_through_proxy(registry, fault_proxy, image)
+    with FaultProxy(registry.url) as storage:
+        path = f"/v2/{ref.repository}/blobs/{blob.digest}"
+        fault_proxy.add_fault(None, Redirect(storage.url + path), path_contains=path, times=None)
+
+        async def main():
+            async with client(redirect_ttl=0.5) as c:
+                assert await c.fetch_range(ref, blob.digest, 0, 10) == blob.data[:10]
+                assert await c.fetch_range(ref, blob.digest, 10, 10) == blob.data[10:20]
+                assert fault_proxy.count(path_contains=path) == 1  # the URL was remembered
+                storage.add_fault(None, Respond(403), path_contains=path, times=1)
+                assert await c.fetch_range(ref, blob.digest, 20, 10) == blob.data[20:30]
+                assert fault_proxy.count(path_contains=path) == 2  # asked the registry again
+                await trio.sleep(0.6)
+                assert await c.fetch_range(ref, blob.digest, 30, 10) == blob.data[30:40]
+                assert fault_proxy.count(path_contains=path) == 3  # expired: asked again
+                # Registry credentials never go to storage.
+                assert all("authorization" not in r.headers for r in storage.requests)
+
+        trio.run(main)
