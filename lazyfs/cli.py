@@ -12,6 +12,8 @@ import argparse
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,6 +171,182 @@ async def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_mount_options(parser: argparse.ArgumentParser) -> None:
+    """Options of everything that mounts an image (mount, run, the snapshotter)."""
+    g = parser.add_argument_group("mount")
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="chunk and layer cache (default: $LAZYFS_CACHE_DIR, else /var/cache/lazyfs for root, "
+        "else ~/.cache/lazyfs)",
+    )
+    g.add_argument(
+        "--cache-size",
+        type=_size,
+        default=10 * 1024**3,
+        metavar="SIZE",
+        help="disk cache bound (10G)",
+    )
+    g.add_argument(
+        "--memory-cache",
+        type=_size,
+        default=256 * 1024**2,
+        metavar="SIZE",
+        help="memory cache bound (256M)",
+    )
+    g.add_argument("--no-prefetch", action="store_true", help="fetch nothing before it is read")
+    g.add_argument(
+        "--prefetch-all",
+        action="store_true",
+        help="after the prioritised files, prefetch the rest too",
+    )
+
+
+def mount_options(args: argparse.Namespace):
+    from .fs.image import MountOptions, default_cache_dir
+
+    return MountOptions(
+        platform=args.platform,
+        cache_dir=args.cache_dir or default_cache_dir(),
+        cache_bytes=args.cache_size,
+        memory_cache_bytes=args.memory_cache,
+        prefetch=not args.no_prefetch,
+        prefetch_all=args.prefetch_all,
+    )
+
+
+async def cmd_mount(args: argparse.Namespace) -> int:
+    if args.daemon:
+        return await _mount_in_background(args)
+    from .control import serve_control
+    from .fs.image import open_image
+    from .fuse import mount_image
+    from .oci.store import open_store
+
+    mountpoint = args.mountpoint.resolve()
+    if not mountpoint.is_dir():
+        raise LazyfsError(f"mount point {args.mountpoint} is not a directory")
+    ready_fd = args.ready_fd
+    try:
+        async with make_client(args) as client:
+            image = await open_image(open_store(args.ref, client), mount_options(args))
+            try:
+                with trio.open_signal_receiver(
+                    signal.SIGINT, signal.SIGTERM, signal.SIGHUP
+                ) as signals:
+                    async with trio.open_nursery() as nursery:
+                        ready = trio.Event()
+                        nursery.start_soon(
+                            lambda: mount_image(
+                                image, mountpoint, ready=ready, debug=args.debug_fuse
+                            )
+                        )
+                        await ready.wait()
+                        handlers = {"stats": image.stats, "unmount": lambda: _cancel(nursery)}
+                        await nursery.start(serve_control, mountpoint, handlers)
+                        log.info(
+                            "%s mounted at %s in %.2fs",
+                            args.ref,
+                            mountpoint,
+                            image.timings["total"],
+                        )
+                        if ready_fd is not None:
+                            os.write(ready_fd, b"ok\n")
+                            os.close(ready_fd)
+                            ready_fd = None
+                        async for _ in signals:
+                            nursery.cancel_scope.cancel()
+                            break
+            finally:
+                image.close()
+    except LazyfsError as exc:
+        if ready_fd is not None:
+            os.write(ready_fd, f"error: {exc}\n".encode())
+        raise
+    return 0
+
+
+def _cancel(nursery: trio.Nursery) -> dict:
+    nursery.cancel_scope.cancel()
+    return {"unmounting": True}
+
+
+async def _mount_in_background(args: argparse.Namespace) -> int:
+    """Start the mount as a detached daemon and return once it is ready (or failed)."""
+    argv = [a for a in sys.argv[1:] if a != "--daemon"]
+    at = argv.index("mount") + 1  # global options may come before the command
+    argv[at:at] = ["--ready-fd", "{fd}"]
+    read_fd, write_fd = os.pipe()
+    log_path = (args.cache_dir or mount_options(args).cache_dir) / "logs" / "mount.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "lazyfs", *(str(write_fd) if a == "{fd}" else a for a in argv)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
+    os.close(write_fd)
+    answer = b""
+    with trio.move_on_after(600):
+        while not answer.endswith(b"\n"):
+            piece = await trio.to_thread.run_sync(os.read, read_fd, 4096)
+            if not piece:
+                break
+            answer += piece
+    os.close(read_fd)
+    text = answer.decode(errors="replace").strip()
+    if text == "ok":
+        print(f"{args.mountpoint}: mounted (daemon pid {process.pid}, log {log_path})")
+        return 0
+    if process.returncode is None:
+        process.kill()
+    raise LazyfsError(text.removeprefix("error: ") or f"the mount daemon failed; see {log_path}")
+
+
+async def cmd_umount(args: argparse.Namespace) -> int:
+    from .control import is_mountpoint, request
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    try:
+        await request(mountpoint, "unmount")
+        with trio.move_on_after(10):
+            while is_mountpoint(mountpoint):
+                await trio.sleep(0.05)
+    except LazyfsError as exc:
+        log.info("%s; unmounting with fusermount3", exc)
+    if is_mountpoint(mountpoint):
+        # No daemon (it died: the mount answers ENOTCONN) or it did not finish in time.
+        result = await trio.run_process(
+            ["fusermount3", "-u", "-z", mountpoint], check=False, capture_stderr=True
+        )
+        if result.returncode != 0 and is_mountpoint(mountpoint):
+            message = result.stderr.decode(errors="replace").strip()
+            raise LazyfsError(f"cannot unmount {mountpoint}: {message}")
+    return 0
+
+
+async def cmd_stats(args: argparse.Namespace) -> int:
+    from .control import request
+
+    stats = await request(args.mountpoint, "stats")
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    fetch = stats.get("fetch", {})
+    total = fetch.get("total", {})
+    print(f"{stats['image']} ({stats['platform']}), {stats['inodes']} inodes")
+    print("timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in stats.get("timings", {}).items()))
+    for key in sorted(total):
+        print(f"  {key}: {total[key]}")
+    for layer in fetch.get("layers", []):
+        print(f"  layer {layer}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lazyfs",
@@ -213,6 +391,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_registry_options(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("mount", help="mount an image read-only; contents are fetched when read")
+    p.add_argument("ref", type=_image, metavar="REF", help="registry reference or oci:DIR[:TAG]")
+    p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    p.add_argument("--daemon", action="store_true", help="detach once the mount is ready")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
+    add_registry_options(p)
+    add_mount_options(p)
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("umount", help="unmount a lazyfs mount (also one whose daemon died)")
+    p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser("stats", help="what a mount has fetched, cached and prefetched")
+    p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.set_defaults(func=cmd_stats)
     return parser
 
 

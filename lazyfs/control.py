@@ -1,0 +1,120 @@
+"""Talking to a running mount: ``lazyfs stats`` and ``lazyfs umount``.
+
+Each mount daemon listens on a unix socket named after its mount point, in a runtime
+directory only its user can enter. This keeps control files out of the mounted tree, which
+may be a container's root. The protocol is one JSON request line and one JSON answer
+line: ``{"op": "stats"}`` or ``{"op": "unmount"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from .errors import LazyfsError
+
+__all__ = ["control_socket_path", "is_mountpoint", "request", "serve_control"]
+
+_MAX_LINE = 64 * 1024
+
+
+def runtime_dir() -> Path:
+    """``/run/lazyfs`` for root, ``$XDG_RUNTIME_DIR/lazyfs`` (or a /tmp dir) otherwise."""
+    if os.geteuid() == 0:
+        return Path("/run/lazyfs")
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/lazyfs-{os.getuid()}"
+    return Path(base) / "lazyfs"
+
+
+def control_socket_path(mountpoint: str | os.PathLike[str]) -> Path:
+    """The socket of the daemon serving ``mountpoint`` (by its absolute path)."""
+    key = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:20]
+    return runtime_dir() / "mounts" / f"{key}.sock"
+
+
+def is_mountpoint(path: str | os.PathLike[str]) -> bool:
+    """True if something is mounted at ``path`` (per /proc/self/mountinfo)."""
+    target = os.path.abspath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+async def serve_control(
+    mountpoint: Path,
+    handlers: dict[str, Callable[[], dict]],
+    *,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer control requests for ``mountpoint`` until cancelled; removes the socket after."""
+    path = control_socket_path(mountpoint)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        path.unlink()
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                with trio.fail_after(10):
+                    line = await _read_line(stream)
+                    op = json.loads(line).get("op")
+                    handler = handlers.get(op)
+                    answer = handler() if handler else {"error": f"unknown op {op!r}"}
+                    await stream.send_all(json.dumps(answer).encode() + b"\n")
+            except (trio.TooSlowError, ValueError, trio.BrokenResourceError, AttributeError):
+                pass
+
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started(path)
+            await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
+    finally:
+        with trio.CancelScope(shield=True):
+            path.unlink(missing_ok=True)
+
+
+async def _read_line(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        piece = await stream.receive_some(4096)
+        if not piece:
+            break
+        data += piece
+        if len(data) > _MAX_LINE:
+            raise ValueError("request too long")
+    return data.split(b"\n", 1)[0]
+
+
+async def request(mountpoint: str | os.PathLike[str], op: str, *, timeout: float = 10) -> dict:
+    """Send ``op`` to the daemon serving ``mountpoint``; its answer."""
+    path = control_socket_path(mountpoint)
+    if not path.exists():
+        raise LazyfsError(f"no lazyfs daemon serves {mountpoint}")
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_unix_socket(str(path))
+            async with stream:
+                await stream.send_all(json.dumps({"op": op}).encode() + b"\n")
+                line = await _read_line(stream)
+    except (OSError, trio.TooSlowError) as exc:
+        raise LazyfsError(f"the lazyfs daemon of {mountpoint} does not answer ({exc})") from None
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise LazyfsError(f"the lazyfs daemon of {mountpoint} sent an unreadable answer") from None

@@ -1,0 +1,201 @@
+"""The FUSE adapter: pyfuse3 operations over a :class:`~lazyfs.fs.image.LazyImage`.
+
+Nothing here decides anything about the image. Each operation translates a kernel request
+into a call on the merged tree or the fetcher and the answer back. Errors map to errnos: a
+read that cannot be served (the fetcher gave up after its bounded retries, or content
+failed verification) is ``EIO``, and every write is ``EROFS``.
+
+The image never changes while mounted, so the kernel is told to keep entries, attributes
+and pages cached for as long as it likes (long timeouts, ``keep_cache``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .errors import LazyfsError
+from .fs.image import LazyImage
+from .fs.tree import Attr
+
+__all__ = ["FUSE_OPTIONS", "LazyOperations", "mount_image"]
+
+log = logging.getLogger("lazyfs.fuse")
+
+#: How long the kernel may cache entries and attributes (the image is immutable).
+CACHE_TIMEOUT = 24 * 3600.0
+BLOCK_SIZE = 4096
+
+#: ``allow_other`` + ``default_permissions``: any uid (a container's) may use the mount and
+#: the kernel enforces the image's modes; ``ro``; ``nodev`` is not set because images carry
+#: device nodes a container's /dev may need (the runtime mounts with its own flags).
+FUSE_OPTIONS = ("fsname=lazyfs", "subtype=lazyfs", "ro", "allow_other", "default_permissions")
+
+
+def _erofs(*_args, **_kwargs):
+    raise pyfuse3.FUSEError(errno.EROFS)
+
+
+class LazyOperations(pyfuse3.Operations):
+    """Read-only FUSE operations for one image."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, image: LazyImage) -> None:
+        super().__init__()
+        self.image = image
+        self.tree = image.tree
+        self._handles: dict[int, list[int]] = {}  # fh -> [inode, end of the last read]
+        self._next_fh = 1
+        self.errors = 0
+
+    # ------------------------------------------------------------------ metadata
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = attr.ino
+        e.generation = 0
+        e.entry_timeout = CACHE_TIMEOUT
+        e.attr_timeout = CACHE_TIMEOUT
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = BLOCK_SIZE
+        e.st_blocks = attr.blocks
+        e.st_atime_ns = e.st_ctime_ns = e.st_mtime_ns = attr.mtime_ns
+        return e
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        ino = self.tree.lookup(parent_inode, name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._entry(self.tree.attr(ino))
+
+    async def getattr(self, inode, ctx=None):
+        return self._entry(self.tree.attr(inode))
+
+    async def readlink(self, inode, ctx):
+        return self.tree.readlink(inode)
+
+    async def opendir(self, inode, ctx):
+        if not stat.S_ISDIR(self.tree.attr(inode).mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        children = self.tree.children(fh)
+        for i in range(start_id, len(children)):
+            name, ino = children[i]
+            if not pyfuse3.readdir_reply(token, name, self._entry(self.tree.attr(ino)), i + 1):
+                return
+
+    async def releasedir(self, fh):
+        pass
+
+    async def getxattr(self, inode, name, ctx):
+        value = self.tree.xattrs(inode).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    async def listxattr(self, inode, ctx):
+        return list(self.tree.xattrs(inode))
+
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = BLOCK_SIZE
+        s.f_blocks = -(-self.image.total_size // BLOCK_SIZE)
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.tree)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    async def forget(self, inode_list):
+        pass  # inodes live as long as the mount
+
+    # ------------------------------------------------------------------ contents
+
+    async def open(self, inode, flags, ctx):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = [inode, 0]
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    async def read(self, fh, off, size):
+        handle = self._handles[fh]
+        inode, last_end = handle
+        try:
+            data = await self.image.read(inode, off, size, sequential=off == last_end and off > 0)
+        except LazyfsError as exc:
+            self.errors += 1
+            log.error("read of %s at %d failed: %s", self.tree.path(inode), off, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        handle[1] = off + len(data)
+        return data
+
+    async def release(self, fh):
+        self._handles.pop(fh, None)
+
+    # ------------------------------------------------------------------ writes: read-only
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = staticmethod(_erofs)
+    create = write = setxattr = removexattr = staticmethod(_erofs)
+
+
+def _raise_readahead(mountpoint: Path, kib: int = 1024) -> None:
+    """Ask the kernel for 1 MiB reads on this mount (FORMATS.md §9: twice the throughput).
+
+    pyfuse3 refuses ``max_read`` as a mount option; the bdi's read_ahead_kb does the job.
+    """
+    try:
+        dev = os.stat(mountpoint).st_dev
+        path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+        path.write_text(str(kib))
+    except OSError as exc:
+        log.debug("could not raise read-ahead on %s: %s", mountpoint, exc)
+
+
+async def mount_image(
+    image: LazyImage,
+    mountpoint: Path,
+    *,
+    ready: trio.Event | None = None,
+    debug: bool = False,
+) -> None:
+    """Serve ``image`` at ``mountpoint`` until cancelled; unmounts on the way out."""
+    ops = LazyOperations(image)
+    options = set(pyfuse3.default_options) | set(FUSE_OPTIONS)
+    if debug:
+        options.add("debug")
+    pyfuse3.init(ops, str(mountpoint), options)
+    try:
+        _raise_readahead(mountpoint)
+        async with trio.open_nursery() as nursery:
+
+            async def serve() -> None:
+                await pyfuse3.main()  # returns when unmounted from outside (fusermount -u)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(serve)
+            if image.options.prefetch:
+                nursery.start_soon(
+                    lambda: image.fetcher.prefetch(everything=image.options.prefetch_all)
+                )
+            if ready is not None:
+                ready.set()
+    finally:
+        pyfuse3.close(unmount=True)
