@@ -161,11 +161,15 @@ def _raise_readahead(mountpoint: Path, kib: int = 1024) -> None:
 
     pyfuse3 refuses ``max_read`` as a mount option; the bdi's read_ahead_kb does the job.
     """
+    # Not os.stat(mountpoint): the kernel would ask this very process, which is not serving
+    # yet. /proc/self/mountinfo has the device number (field 3, "major:minor").
+    target = os.path.abspath(mountpoint)
     try:
-        dev = os.stat(mountpoint).st_dev
-        path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
-        path.write_text(str(kib))
-    except OSError as exc:
+        with open("/proc/self/mountinfo") as f:
+            devices = [line.split()[2] for line in f if line.split()[4] == target]
+        if devices:
+            Path(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb").write_text(str(kib))
+    except (OSError, IndexError) as exc:
         log.debug("could not raise read-ahead on %s: %s", mountpoint, exc)
 
 

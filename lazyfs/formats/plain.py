@@ -9,6 +9,7 @@ stored under the blob's digest, so a layer already in the cache costs no downloa
 
 from __future__ import annotations
 
+import decimal
 import os
 import tarfile
 import zlib
@@ -106,7 +107,7 @@ def index_tar_file(path: Path, *, layer: str, blob_digest: Digest, blob_size: in
                     uname=info.uname,
                     gname=info.gname,
                     size=info.size if kind == EntryType.REG else 0,
-                    mtime_ns=int(info.mtime * 1_000_000_000),
+                    mtime_ns=_mtime_ns(info),
                     link=link,
                     dev_major=info.devmajor,
                     dev_minor=info.devminor,
@@ -127,6 +128,17 @@ def index_tar_file(path: Path, *, layer: str, blob_digest: Digest, blob_size: in
         index_size=header_bytes,
         local_path=str(path),
     )
+
+
+def _mtime_ns(info: tarfile.TarInfo) -> int:
+    """The mtime in nanoseconds, exact: a PAX record's decimal text, not tarfile's float."""
+    text = info.pax_headers.get("mtime")
+    if text:
+        try:
+            return int(decimal.Decimal(text) * 1_000_000_000)
+        except decimal.InvalidOperation:
+            pass
+    return int(info.mtime) * 1_000_000_000
 
 
 def _chunks(info: tarfile.TarInfo) -> list[Chunk]:

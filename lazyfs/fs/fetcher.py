@@ -1,0 +1,834 @@
+"""File content on demand: chunks fetched from layer blobs, verified, cached, served.
+
+:class:`ChunkFetcher` answers "bytes ``[offset, offset+size)`` of this file" for the FUSE
+layer. A file is a run of chunks in its layer's :class:`~lazyfs.fs.chunktable.ChunkTable`;
+a read maps its range to chunks and gets each chunk's content from, in order:
+
+1. nothing at all: ``zeros`` chunks;
+2. the local copy of a plain layer (``LayerSource.local_path``): codec ``none`` chunks are
+   read straight from that file. They carry no digest: the copy was verified as a whole
+   against the layer's digests when it was made;
+3. the :class:`~lazyfs.fs.cache.ChunkCache` (memory, then disk, verified on load);
+4. a fetch that is already running for the same chunk (*single flight*, keyed by the chunk
+   digest, so identical chunks of different files or layers are fetched once);
+5. a new fetch from the layer blob.
+
+Fetching is built around what a cold start costs (FORMATS.md §9): the number of requests,
+not bytes, dominates, and the distribution registry reads 4 MiB from its storage for every
+GET however small the range. So the missing chunks of a read (plus, for sequential reads,
+the chunks that follow, up to ``readahead_bytes``) are sorted by blob offset and merged into
+spans: neighbouring chunks, and chunks separated by less than ``merge_gap`` bytes (chunks
+already cached, tar headers), become one range, a range being at most
+``max_request_bytes``. Ranges are grouped into :meth:`BlobReader.read_ranges` calls of at
+most ``max_request_bytes`` in total (one multi-range GET each where the server allows it);
+at most ``concurrency`` calls run at once.
+
+The merge gap is 64 KiB. Peers use ~1 KiB, but a gap only costs its transfer time: 64 KiB
+take ~0.4 ms at the 160 MB/s of a 4 MiB range on loopback, against 5-7 ms for a request of
+its own on a server that refuses multi-range requests, and fewer parts per multi-range
+request. Far beyond that, the extra bytes start to cost more than they save.
+
+Every fetched chunk goes through :func:`~lazyfs.formats.chunks.decode_chunk`, which checks
+its digest, before any byte of it is served or cached. A chunk that fails is fetched again
+up to ``chunk_retries`` times (a flipped bit in transit, a proxy serving garbage), then the
+read fails with :class:`~lazyfs.errors.ChunkError`. Every read runs under
+``trio.fail_after(read_timeout)``; every failure is a :class:`~lazyfs.errors.LazyfsError`
+(registry errors after the client's own bounded retries, :class:`ReadTimeout`,
+:class:`FetchError` for local I/O), so the FUSE layer can answer ``EIO``. A read never
+hangs and never returns unverified bytes.
+
+Decoding is done in the event loop for small batches and in a worker thread
+(``trio.to_thread``) for batches over 1 MiB of output (zstd decodes ~0.6 GB/s: 1 MiB is
+under 2 ms). Decodes are serialised by a lock because :func:`decode_chunk` shares one zstd
+decompression context, which must not be used by two threads at once.
+
+:meth:`ChunkFetcher.prefetch` warms the cache in the background: first, for every layer,
+the chunks before the layer's prefetch boundary (the files a converter put first), then,
+if asked, everything else. It keeps at most two requests in flight and starts none while
+an on-demand fetch is running, so it never delays a read by more than the requests it has
+already started.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import trio
+
+from ..errors import ChunkError, LazyfsError
+from ..formats.chunks import decode_chunk
+from ..formats.model import CODEC_NONE, CODEC_ZEROS, Chunk
+from ..oci.blobs import BlobReader
+from .cache import ChunkCache
+from .chunktable import ChunkTable
+
+__all__ = ["ChunkFetcher", "FetchError", "FetcherStats", "LayerSource", "LayerStats", "ReadTimeout"]
+
+log = logging.getLogger("lazyfs.fetcher")
+
+MiB = 1024 * 1024
+#: Largest range, and largest read_ranges call, in bytes (the registry reads 4 MiB per GET).
+DEFAULT_MAX_REQUEST_BYTES = 4 * MiB
+#: Misses closer than this in the blob are fetched as one range (see the module docs).
+DEFAULT_MERGE_GAP = 64 * 1024
+#: Concurrent read_ranges calls (FORMATS.md §9: 4-8 help, 32 only add latency).
+DEFAULT_CONCURRENCY = 8
+DEFAULT_READAHEAD_BYTES = 4 * MiB
+#: Prefetch requests in flight at once.
+PREFETCH_REQUESTS = 2
+#: Batches decoding to more than this go to a worker thread.
+DECODE_INLINE_BYTES = 1 * MiB
+#: Local (plain layer) reads bigger than this go to a worker thread.
+LOCAL_INLINE_BYTES = 256 * 1024
+#: Ranges per read_ranges call, at most.
+MAX_RANGES_PER_CALL = 32
+
+# decode_chunk shares one ZstdDecompressor, which is not safe for concurrent use.
+_DECODE_LOCK = threading.Lock()
+
+
+class FetchError(LazyfsError):
+    """File content could not be read (local I/O error, a chunk that cannot be fetched)."""
+
+
+class ReadTimeout(FetchError):
+    """A read did not complete within the fetcher's ``read_timeout``."""
+
+
+@dataclass
+class LayerSource:
+    """One layer as the fetcher sees it.
+
+    ``table``: the layer's chunks. ``blob``: where remote chunks are fetched from (None for
+    plain layers). ``local_path``: the verified local copy plain layers' codec ``none``
+    chunks point into (their ``blob_offset`` is an offset in it). ``prefetch_offset``:
+    chunks starting before this blob offset are prefetched first. ``no_prefetch``: the
+    layer asks not to be prefetched.
+    """
+
+    name: str
+    table: ChunkTable
+    blob: BlobReader | None = None
+    local_path: str | None = None
+    prefetch_offset: int | None = None
+    no_prefetch: bool = False
+
+
+@dataclass(slots=True)
+class LayerStats:
+    """What the fetcher did for one layer. Counters only grow, except the prefetch figures."""
+
+    name: str = ""
+    #: Bytes received from the blob (the ranges asked for, gaps included).
+    bytes_fetched: int = 0
+    #: :meth:`BlobReader.read_ranges` calls (one HTTP request each, usually).
+    requests: int = 0
+    #: Chunks decoded and verified from fetched bytes.
+    chunks_fetched: int = 0
+    #: Chunks a read found in the memory or disk cache.
+    memory_hits: int = 0
+    disk_hits: int = 0
+    #: Chunks a read got from a fetch another task was already running.
+    shared_fetches: int = 0
+    #: Chunks read from a plain layer's local copy, and zero chunks served without I/O.
+    local_chunks: int = 0
+    zero_chunks: int = 0
+    #: Fetched chunks that failed decoding or their digest (each one is fetched again).
+    verify_failures: int = 0
+    #: Reads that failed.
+    errors: int = 0
+    prefetch_done: int = 0
+    prefetch_total: int = 0
+    prefetch_errors: int = 0
+    prefetch_bytes: int = 0
+
+
+@dataclass
+class FetcherStats:
+    """Per-layer :class:`LayerStats`."""
+
+    layers: list[LayerStats] = field(default_factory=list)
+
+    def snapshot(self) -> dict:
+        """``{"layers": [...], "total": {...}}`` as plain dicts."""
+        layers = [asdict(s) for s in self.layers]
+        total: dict = {}
+        for s in layers:
+            for k, v in s.items():
+                if isinstance(v, int):
+                    total[k] = total.get(k, 0) + v
+        return {"layers": layers, "total": total}
+
+
+class _Flight:
+    """One running fetch of a batch of chunks, for the readers that wait on it.
+
+    When ``done`` is set: ``results`` holds the verified content of the chunks that made it,
+    ``failed`` the error of each chunk that kept failing verification, ``error`` a failure
+    of the whole batch; ``abandoned`` means the fetching task was cancelled and a waiter
+    should try again itself.
+    """
+
+    __slots__ = ("abandoned", "done", "error", "failed", "results")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.results: dict[bytes, bytes] = {}
+        self.failed: dict[bytes, LazyfsError] = {}
+        self.error: LazyfsError | None = None
+        self.abandoned = False
+
+
+@dataclass(slots=True)
+class _Span:
+    """A byte range of a blob and the chunks that lie in it."""
+
+    start: int
+    end: int
+    chunks: list[tuple[bytes, Chunk]]
+
+
+def _lazyfs_error(exc: BaseException, what: str) -> LazyfsError:
+    """``exc`` as a LazyfsError (the first one inside an exception group)."""
+    if isinstance(exc, LazyfsError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for leaf in _leaves(exc):
+            if isinstance(leaf, LazyfsError):
+                return leaf
+    err = FetchError(f"{what}: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+def _decode_unlocked(
+    items: list[tuple[bytes, Chunk, memoryview]], layer: str
+) -> tuple[dict[bytes, bytes], dict[bytes, ChunkError]]:
+    ok: dict[bytes, bytes] = {}
+    bad: dict[bytes, ChunkError] = {}
+    for key, chunk, data in items:
+        what = f"layer {layer}: chunk at blob offset {chunk.blob_offset}"
+        try:
+            ok[key] = decode_chunk(chunk, data, what=what)
+        except ChunkError as exc:
+            bad[key] = exc
+    return ok, bad
+
+
+def _decode_in_thread(
+    items: list[tuple[bytes, Chunk, memoryview]], layer: str
+) -> tuple[dict[bytes, bytes], dict[bytes, ChunkError]]:
+    with _DECODE_LOCK:
+        return _decode_unlocked(items, layer)
+
+
+def _pread_all(path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    """Each ``(offset, length)`` of the file at ``path``, exactly."""
+    out = []
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for offset, length in ranges:
+            data = os.pread(fd, length, offset)
+            while len(data) < length:
+                more = os.pread(fd, length - len(data), offset + len(data))
+                if not more:
+                    raise OSError(f"{path}: ends before byte {offset + length}")
+                data += more
+            out.append(data)
+    finally:
+        os.close(fd)
+    return out
+
+
+def _prefetch_order(
+    table: ChunkTable, boundary: int | None, everything: bool
+) -> tuple[list[int], list[int]]:
+    """Chunks to prefetch, in blob order: those before ``boundary``, then (if asked) the rest.
+
+    Zero chunks, chunks without a digest and repeated digests are left out.
+    """
+    first: list[tuple[int, int]] = []
+    rest: list[tuple[int, int]] = []
+    seen: set[bytes] = set()
+    for i in range(len(table)):
+        if table.codec(i) == CODEC_ZEROS:
+            continue
+        key = table.digest_bytes(i)
+        if key is None or key in seen:
+            continue
+        seen.add(key)
+        offset, _ = table.blob_range(i)
+        if boundary is not None and offset < boundary:
+            first.append((offset, i))
+        elif everything:
+            rest.append((offset, i))
+    first.sort()
+    rest.sort()
+    return [i for _, i in first], [i for _, i in rest]
+
+
+class ChunkFetcher:
+    """Serves file content from the layers' chunks; see the module docs.
+
+    ``layers``: the image's layers (``read``'s ``layer`` indexes them). ``cache``: where
+    verified chunk content is kept. ``max_request_bytes``: largest range and largest
+    read_ranges call. ``merge_gap``: misses closer than this are fetched as one range.
+    ``concurrency``: read_ranges calls in flight at once. ``readahead_bytes``: how far past
+    a sequential read to fetch. ``read_timeout``: seconds a :meth:`read` may take in all.
+    ``chunk_retries``: fetches of a chunk that failed verification before giving up.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerSource],
+        cache: ChunkCache,
+        *,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        merge_gap: int = DEFAULT_MERGE_GAP,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        readahead_bytes: int = DEFAULT_READAHEAD_BYTES,
+        read_timeout: float,
+        chunk_retries: int = 2,
+    ) -> None:
+        if max_request_bytes <= 0 or merge_gap < 0 or concurrency < 1 or readahead_bytes < 0:
+            raise ValueError("invalid fetcher limits")
+        if read_timeout <= 0 or chunk_retries < 0:
+            raise ValueError("read_timeout must be positive and chunk_retries not negative")
+        self.layers = list(layers)
+        self.cache = cache
+        self.max_request_bytes = max_request_bytes
+        self.merge_gap = merge_gap
+        self.readahead_bytes = readahead_bytes
+        self.read_timeout = read_timeout
+        self.chunk_retries = chunk_retries
+        self.stats = FetcherStats([LayerStats(name=src.name) for src in self.layers])
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._flights: dict[bytes, _Flight] = {}
+        self._on_demand = 0  # on-demand fetches running
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ reads
+
+    async def read(
+        self,
+        layer: int,
+        first: int,
+        count: int,
+        offset: int,
+        size: int,
+        *,
+        sequential_hint: bool = False,
+    ) -> bytes:
+        """Bytes ``[offset, offset+size)`` of the file whose chunks are ``[first, first+count)``.
+
+        Short at the end of the file. ``sequential_hint``: the file is being read in order,
+        so the chunks after the range (up to ``readahead_bytes``) are fetched along.
+        Raises a :class:`~lazyfs.errors.LazyfsError` on any failure, within
+        ``read_timeout`` seconds.
+        """
+        src = self.layers[layer]
+        if size <= 0 or count <= 0 or offset < 0:
+            return b""
+        last_offset, last_size = src.table.file_span(first + count - 1)
+        end = min(offset + size, last_offset + last_size)
+        if offset >= end:
+            return b""
+        stats = self.stats.layers[layer]
+        try:
+            with trio.fail_after(self.read_timeout):
+                return await self._read(layer, first, count, offset, end, sequential_hint)
+        except trio.TooSlowError:
+            stats.errors += 1
+            raise ReadTimeout(
+                f"layer {src.name}: reading {end - offset} bytes at {offset} took longer "
+                f"than {self.read_timeout:g} s"
+            ) from None
+        except LazyfsError:
+            stats.errors += 1
+            raise
+
+    async def _read(
+        self, layer: int, first: int, count: int, offset: int, end: int, sequential: bool
+    ) -> bytes:
+        src = self.layers[layer]
+        table = src.table
+        stats = self.stats.layers[layer]
+        i0 = table.find(first, count, offset)
+        i1 = table.find(first, count, end - 1)
+
+        local: dict[int, tuple[int, int]] = {}  # chunk -> (offset in local file, length)
+        remote: dict[int, bytes] = {}  # chunk -> key
+        for i in range(i0, i1 + 1):
+            codec = table.codec(i)
+            if codec == CODEC_ZEROS:
+                stats.zero_chunks += 1
+                continue
+            if src.local_path is not None and codec == CODEC_NONE:
+                chunk_offset, chunk_size = table.file_span(i)
+                lo = max(offset, chunk_offset) - chunk_offset
+                hi = min(end, chunk_offset + chunk_size) - chunk_offset
+                local[i] = (table.blob_range(i)[0] + lo, hi - lo)
+                continue
+            key = table.digest_bytes(i)
+            if key is None:
+                raise ChunkError(
+                    f"layer {src.name}: chunk at blob offset {table.blob_range(i)[0]} has no "
+                    "digest, so its content cannot be verified"
+                )
+            remote[i] = key
+
+        contents: dict[bytes, bytes] = {}
+        if remote:
+            await self._get_chunks(layer, first, count, i1, remote, contents, sequential)
+        local_data: dict[int, bytes] = {}
+        if local:
+            local_data = await self._read_local(src, local)
+            stats.local_chunks += len(local)
+
+        parts: list[bytes | memoryview] = []
+        position = offset
+        for i in range(i0, i1 + 1):
+            chunk_offset, chunk_size = table.file_span(i)
+            lo = max(offset, chunk_offset)
+            hi = min(end, chunk_offset + chunk_size)
+            if hi <= lo:
+                continue
+            if lo != position:
+                raise ChunkError(f"layer {src.name}: the file's chunks leave a hole at {position}")
+            if i in local:
+                parts.append(local_data[i])
+            elif i in remote:
+                parts.append(memoryview(contents[remote[i]])[lo - chunk_offset : hi - chunk_offset])
+            else:
+                parts.append(bytes(hi - lo))
+            position = hi
+        if position != end:
+            raise ChunkError(f"layer {src.name}: the file's chunks end at {position}, not {end}")
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
+
+    async def _read_local(
+        self, src: LayerSource, ranges: dict[int, tuple[int, int]]
+    ) -> dict[int, bytes]:
+        """The local-copy bytes of each chunk (only the part the read needs)."""
+        assert src.local_path is not None
+        path = src.local_path
+        order = list(ranges)
+        wanted = [ranges[i] for i in order]
+        try:
+            if sum(n for _, n in wanted) <= LOCAL_INLINE_BYTES:
+                got = _pread_all(path, wanted)
+            else:
+                got = await trio.to_thread.run_sync(_pread_all, path, wanted)
+        except OSError as exc:
+            raise FetchError(f"layer {src.name}: cannot read the local copy: {exc}") from None
+        return dict(zip(order, got, strict=True))
+
+    async def _get_chunks(
+        self,
+        layer: int,
+        first: int,
+        count: int,
+        last: int,
+        needed: dict[int, bytes],
+        contents: dict[bytes, bytes],
+        sequential: bool,
+    ) -> None:
+        """Fill ``contents`` with the verified content of every key in ``needed``."""
+        stats = self.stats.layers[layer]
+        table = self.layers[layer].table
+        keys = set(needed.values())
+        index_of = {key: i for i, key in needed.items()}
+        for key in keys:
+            data = self.cache.get_memory(key)
+            if data is not None:
+                contents[key] = data
+                stats.memory_hits += 1
+        rest = [k for k in keys if k not in contents and k not in self._flights]
+        if rest:
+            found = await self.cache.get_many_async(rest)
+            contents.update(found)
+            stats.disk_hits += len(found)
+
+        while True:
+            missing = [k for k in keys if k not in contents]
+            if not missing:
+                return
+            # From here to starting the fetch there is no await: the flights we register
+            # are seen by every task that looks after us.
+            waits: list[tuple[bytes, _Flight]] = []
+            own: dict[bytes, Chunk] = {}
+            for key in missing:
+                flight = self._flights.get(key)
+                if flight is not None:
+                    waits.append((key, flight))
+                    continue
+                data = self.cache.get_memory(key)  # a flight may have finished meanwhile
+                if data is not None:
+                    contents[key] = data
+                    stats.memory_hits += 1
+                    continue
+                if key not in own:
+                    own[key] = table.chunk(index_of[key])
+            if own:
+                if sequential:
+                    self._add_readahead(layer, first, count, last, own)
+                flight = await self._fetch_owned(layer, own, on_demand=True)
+                self._take(flight, own, keys, contents)
+            for key, flight in waits:
+                await flight.done.wait()
+                if flight.abandoned:
+                    continue  # its owner was cancelled: the next round fetches it
+                stats.shared_fetches += 1
+                self._take(flight, {key: None}, keys, contents)
+
+    @staticmethod
+    def _take(
+        flight: _Flight, fetched: dict, keys: set[bytes], contents: dict[bytes, bytes]
+    ) -> None:
+        """Copy what a finished flight has for ``keys`` into ``contents``, or raise."""
+        for key in fetched:
+            if key not in keys:
+                continue  # read ahead, not needed by this read
+            data = flight.results.get(key)
+            if data is not None:
+                contents[key] = data
+                continue
+            err = flight.failed.get(key) or flight.error
+            if err is None:
+                err = FetchError("a chunk fetch ended without a result")
+            raise copy.copy(err)
+
+    def _add_readahead(
+        self, layer: int, first: int, count: int, last: int, own: dict[bytes, Chunk]
+    ) -> None:
+        """Add to ``own`` the chunks after ``last``, up to ``readahead_bytes`` of the file.
+
+        Read-ahead stops early where the fetch would need more than one request of
+        ``max_request_bytes``: a second request would cost as much as fetching those
+        chunks when they are read.
+        """
+        src = self.layers[layer]
+        table = src.table
+        chunk_offset, chunk_size = table.file_span(last)
+        limit = chunk_offset + chunk_size + self.readahead_bytes
+        budget = self.max_request_bytes - sum(c.blob_length for c in own.values())
+        for i in range(last + 1, first + count):
+            chunk_offset, _ = table.file_span(i)
+            if chunk_offset >= limit:
+                break
+            codec = table.codec(i)
+            if codec == CODEC_ZEROS or (src.local_path is not None and codec == CODEC_NONE):
+                continue
+            key = table.digest_bytes(i)
+            if key is None or key in own or key in self._flights or self.cache.contains(key):
+                continue
+            _, blob_length = table.blob_range(i)
+            budget -= blob_length
+            if budget < 0:
+                break
+            own[key] = table.chunk(i)
+
+    # ------------------------------------------------------------------ fetching
+
+    async def _fetch_owned(
+        self, layer: int, chunks: dict[bytes, Chunk], *, on_demand: bool
+    ) -> _Flight:
+        """Fetch ``chunks`` (none of them in flight) as one flight others can wait on.
+
+        Returns the finished flight (its ``failed`` may name chunks that kept failing
+        verification); raises if the whole batch failed. The content goes to the cache:
+        memory and disk for on-demand fetches, disk only for prefetches when there is a
+        disk level (prefetched data must not push the working set out of memory).
+        """
+        flight = _Flight()
+        for key in chunks:
+            self._flights[key] = flight
+        if on_demand:
+            self._on_demand += 1
+            if self._on_demand == 1:
+                self._idle = trio.Event()
+        try:
+            try:
+                flight.results, flight.failed = await self._fetch_and_decode(layer, chunks)
+            except BaseException as exc:
+                cancelled, rest = _split_cancelled(exc)
+                if rest is None:
+                    flight.abandoned = True
+                    raise
+                flight.error = _lazyfs_error(rest, f"layer {self.layers[layer].name}")
+                if cancelled is None:
+                    raise flight.error from None
+                raise
+            finally:
+                flight.done.set()
+                if on_demand:
+                    self._on_demand -= 1
+                    if self._on_demand == 0:
+                        self._idle.set()
+            # Waiters have their data. The keys stay registered until the cache has them,
+            # so nobody starts a second fetch in between.
+            items = list(flight.results.items())
+            if items:
+                await self.cache.put_many_async(items, memory=on_demand or not self.cache.has_disk)
+        finally:
+            for key in chunks:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+        return flight
+
+    async def _fetch_and_decode(
+        self, layer: int, chunks: dict[bytes, Chunk]
+    ) -> tuple[dict[bytes, bytes], dict[bytes, LazyfsError]]:
+        """Fetch and verify ``chunks``, refetching those that fail up to ``chunk_retries`` times."""
+        stats = self.stats.layers[layer]
+        src = self.layers[layer]
+        if src.blob is None:
+            raise FetchError(f"layer {src.name}: has no blob to fetch chunks from")
+        results: dict[bytes, bytes] = {}
+        pending = dict(chunks)
+        for attempt in range(self.chunk_retries + 1):
+            spans = self._plan(pending)
+            datas = await self._fetch_spans(layer, spans)
+            items: list[tuple[bytes, Chunk, memoryview]] = []
+            for span, data in zip(spans, datas, strict=True):
+                view = memoryview(data)
+                for key, chunk in span.chunks:
+                    start = chunk.blob_offset - span.start
+                    items.append((key, chunk, view[start : start + chunk.blob_length]))
+            ok, bad = await self._decode(items, src.name)
+            results.update(ok)
+            stats.chunks_fetched += len(ok)
+            if not bad:
+                return results, {}
+            stats.verify_failures += len(bad)
+            log.warning(
+                "layer %s: %d chunk(s) failed verification (attempt %d of %d): %s",
+                src.name,
+                len(bad),
+                attempt + 1,
+                self.chunk_retries + 1,
+                next(iter(bad.values())),
+            )
+            pending = {key: chunks[key] for key in bad}
+        failed: dict[bytes, LazyfsError] = {
+            key: ChunkError(f"{err} (still failing after {self.chunk_retries + 1} fetches)")
+            for key, err in bad.items()
+        }
+        return results, failed
+
+    def _plan(self, chunks: dict[bytes, Chunk]) -> list[_Span]:
+        """``chunks`` merged into spans of the blob (see the module docs)."""
+        spans: list[_Span] = []
+        for key, chunk in sorted(chunks.items(), key=lambda kc: kc[1].blob_offset):
+            start, end = chunk.blob_offset, chunk.blob_end
+            if spans:
+                span = spans[-1]
+                if (
+                    start <= span.end + self.merge_gap
+                    and max(end, span.end) - span.start <= self.max_request_bytes
+                ):
+                    span.end = max(span.end, end)
+                    span.chunks.append((key, chunk))
+                    continue
+            spans.append(_Span(start, end, [(key, chunk)]))
+        return spans
+
+    async def _fetch_spans(self, layer: int, spans: list[_Span]) -> list[bytes]:
+        """The bytes of every span, in as few read_ranges calls as the limits allow."""
+        src = self.layers[layer]
+        stats = self.stats.layers[layer]
+        assert src.blob is not None
+        blob = src.blob
+        calls: list[list[int]] = []
+        size = 0
+        for n, span in enumerate(spans):
+            length = span.end - span.start
+            if (
+                not calls
+                or size + length > self.max_request_bytes
+                or len(calls[-1]) >= MAX_RANGES_PER_CALL
+            ):
+                calls.append([])
+                size = 0
+            calls[-1].append(n)
+            size += length
+        out: list[bytes] = [b""] * len(spans)
+        errors: list[LazyfsError] = []
+
+        async def call(members: list[int]) -> None:
+            ranges = [(spans[n].start, spans[n].end - spans[n].start) for n in members]
+            async with self._limiter:
+                stats.requests += 1
+                try:
+                    got = await blob.read_ranges(ranges)
+                except Exception as exc:
+                    errors.append(_lazyfs_error(exc, f"layer {src.name}"))
+                    return
+                except BaseExceptionGroup as group:
+                    cancelled, rest = _split_cancelled(group)
+                    if rest is not None:
+                        errors.append(_lazyfs_error(rest, f"layer {src.name}"))
+                    if cancelled is not None:
+                        raise cancelled from None
+                    return
+            for n, data, (_, length) in zip(members, got, ranges, strict=True):
+                if len(data) != length:
+                    errors.append(
+                        FetchError(
+                            f"layer {src.name}: got {len(data)} bytes for a {length}-byte range"
+                        )
+                    )
+                    return
+                out[n] = data
+                stats.bytes_fetched += length
+
+        if len(calls) == 1:
+            await call(calls[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for members in calls:
+                    nursery.start_soon(call, members)
+        if errors:
+            raise errors[0]
+        return out
+
+    async def _decode(
+        self, items: list[tuple[bytes, Chunk, memoryview]], layer: str
+    ) -> tuple[dict[bytes, bytes], dict[bytes, ChunkError]]:
+        """Decode and verify ``items``: in the event loop if small, else in a thread."""
+        size = sum(chunk.inner_offset + chunk.size for _, chunk, _ in items)
+        if size <= DECODE_INLINE_BYTES and _DECODE_LOCK.acquire(blocking=False):
+            try:
+                return _decode_unlocked(items, layer)
+            finally:
+                _DECODE_LOCK.release()
+        return await trio.to_thread.run_sync(_decode_in_thread, items, layer)
+
+    # ------------------------------------------------------------------ prefetch
+
+    async def prefetch(
+        self, *, everything: bool = False, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Warm the cache: every layer's chunks before its prefetch boundary, then the rest.
+
+        ``everything``: after the prioritised chunks, fetch all the other chunks too.
+        Layers marked ``no_prefetch`` and local (plain) layers are skipped. At most
+        :data:`PREFETCH_REQUESTS` requests run at once, each of up to
+        ``max_request_bytes``; no new one starts while an on-demand fetch is running.
+        Failures are logged and counted (``prefetch_errors``), never raised. Returns when
+        done; run it in a nursery (``task_status.started()`` is called once the plan is
+        made, so ``await nursery.start(fetcher.prefetch)`` works).
+        """
+        phases: list[list[tuple[int, list[int]]]] = [[], []]
+        for layer, src in enumerate(self.layers):
+            if src.no_prefetch or src.blob is None:
+                continue
+            if src.prefetch_offset is None and not everything:
+                continue
+            head, tail = await trio.to_thread.run_sync(
+                _prefetch_order, src.table, src.prefetch_offset, everything
+            )
+            self.stats.layers[layer].prefetch_total = len(head) + len(tail)
+            phases[0].append((layer, head))
+            phases[1].append((layer, tail))
+        task_status.started()
+
+        slots = trio.Semaphore(PREFETCH_REQUESTS)
+        async with trio.open_nursery() as nursery:
+            for phase in phases:
+                for layer, order in phase:
+                    for batch in self._prefetch_batches(layer, order):
+                        while self._on_demand:
+                            await self._idle.wait()
+                        await slots.acquire()
+                        # The wait may have let reads fetch some of these meanwhile.
+                        batch = self._still_missing(layer, batch)
+                        if not batch:
+                            slots.release()
+                            continue
+                        nursery.start_soon(self._prefetch_batch, layer, batch, slots)
+
+    def _still_missing(self, layer: int, batch: dict[bytes, Chunk]) -> dict[bytes, Chunk]:
+        stats = self.stats.layers[layer]
+        out = {}
+        for key, chunk in batch.items():
+            if self.cache.contains(key) or key in self._flights:
+                stats.prefetch_done += 1
+            else:
+                out[key] = chunk
+        return out
+
+    def _prefetch_batches(self, layer: int, order: list[int]) -> Iterator[dict[bytes, Chunk]]:
+        """Chunks of ``order`` not yet cached, in batches of up to ``max_request_bytes``."""
+        table = self.layers[layer].table
+        stats = self.stats.layers[layer]
+        batch: dict[bytes, Chunk] = {}
+        size = 0
+        for i in order:
+            key = table.digest_bytes(i)
+            assert key is not None
+            if self.cache.contains(key) or key in self._flights or key in batch:
+                stats.prefetch_done += 1
+                continue
+            chunk = table.chunk(i)
+            if batch and size + chunk.blob_length > self.max_request_bytes:
+                yield batch
+                batch, size = {}, 0
+            batch[key] = chunk
+            size += chunk.blob_length
+        if batch:
+            yield batch
+
+    async def _prefetch_batch(
+        self, layer: int, batch: dict[bytes, Chunk], slots: trio.Semaphore
+    ) -> None:
+        stats = self.stats.layers[layer]
+        src = self.layers[layer]
+        try:
+            with trio.fail_after(self.read_timeout):
+                flight = await self._fetch_owned(layer, batch, on_demand=False)
+            stats.prefetch_bytes += sum(len(d) for d in flight.results.values())
+            if flight.failed:
+                stats.prefetch_errors += 1
+        except (LazyfsError, trio.TooSlowError) as exc:
+            stats.prefetch_errors += 1
+            log.warning("layer %s: prefetch of %d chunk(s) failed: %s", src.name, len(batch), exc)
+        finally:
+            stats.prefetch_done += len(batch)
+            slots.release()
+
+    # ------------------------------------------------------------------ stats
+
+    def stats_snapshot(self) -> dict:
+        """Per-layer and total fetch figures, plus the cache's, as plain dicts."""
+        snap = self.stats.snapshot()
+        snap["cache"] = self.cache.stats.snapshot()
+        snap["in_flight"] = len(self._flights)
+        return snap
+
+
+def _split_cancelled(
+    exc: BaseException,
+) -> tuple[BaseException | None, BaseException | None]:
+    """``(the cancellation part, the rest)`` of ``exc``, either None if absent."""
+    if isinstance(exc, trio.Cancelled):
+        return exc, None
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)
+    return None, exc

@@ -1,0 +1,253 @@
+"""``lazyfs mount`` for real: a FUSE mount of images in a real registry, compared with umoci.
+
+Each test mounts with the ``lazyfs`` command (``--daemon``), looks at the mount the way
+a program would (lstat, read, getxattr), and unmounts with ``lazyfs umount``. Nothing may
+stay mounted after a test, passing or failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from lazyfs.control import is_mountpoint
+from lazyfs.convert import ConvertOptions, convert_image
+from lazyfs.oci.reference import Reference
+from lazyfs.oci.registry import RegistryClient
+from lazyfs.oci.store import open_store
+from lazyfs.progress import NullProgress
+from tests.harness.images import Entry, build_image, push_image
+from tests.harness.rich import CHUNK, T0, noise, rich_layers
+from tests.harness.trees import assert_same_tree, snapshot_tree
+
+if not os.path.exists("/dev/fuse"):
+    pytest.fail("/dev/fuse is missing: these tests need FUSE", pytrace=False)
+for _tool in ("skopeo", "umoci", "fusermount3"):
+    if shutil.which(_tool) is None:
+        pytest.fail(f"{_tool} is missing; run scripts/test", pytrace=False)
+
+
+def lazyfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lazyfs", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@contextlib.contextmanager
+def mounted(ref: str, mountpoint: Path, cache_dir: Path, *options: str) -> Iterator[Path]:
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    result = lazyfs(
+        "mount", "--daemon", "--cache-dir", str(cache_dir), *options, ref, str(mountpoint)
+    )
+    assert result.returncode == 0, result.stderr
+    assert is_mountpoint(mountpoint)
+    try:
+        yield mountpoint
+    finally:
+        done = lazyfs("umount", str(mountpoint))
+        assert done.returncode == 0, done.stderr
+        assert not is_mountpoint(mountpoint), "still mounted after lazyfs umount"
+
+
+def stats(mountpoint: Path) -> dict:
+    result = lazyfs("stats", "--json", str(mountpoint))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def new_ref(registry, name: str) -> Reference:
+    return Reference.parse(f"{registry.host}/mount/{name}-{uuid.uuid4().hex[:8]}:v1")
+
+
+def push(ref: Reference, image) -> None:
+    async def main():
+        async with RegistryClient() as client:
+            await push_image(client, ref, image)
+
+    trio.run(main)
+
+
+def convert(src: Reference, dst: Reference, **options) -> None:
+    async def main():
+        async with RegistryClient() as client:
+            await convert_image(
+                open_store(str(src), client),
+                open_store(str(dst), client),
+                ConvertOptions(chunk_size=CHUNK, **options),
+                NullProgress(),
+            )
+
+    trio.run(main)
+
+
+def umoci_unpack(ref: Reference, work: Path) -> Path:
+    layout = work / "layout"
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            f"docker://{ref}",
+            f"oci:{layout}:t",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:t", str(work / "bundle")],
+        check=True,
+        capture_output=True,
+    )
+    return work / "bundle" / "rootfs"
+
+
+#: Where a lazyfs mount and umoci's unpack may differ: umoci makes the root directory itself
+#: and gives directories no tar entry describes (implicit parents) the time of the unpack;
+#: lazyfs gives those mtime 0.
+IGNORE = dict(
+    ignore_root=True,
+    ignore=[(p, "mtime") for p in ("implicit", "implicit/a", "implicit/a/b")],
+    names=("umoci", "lazyfs"),
+)
+
+
+@pytest.fixture(scope="module")
+def rich(registry, tmp_path_factory):
+    """The rich image as plain gzip, plain zstd and converted zstd:chunked; umoci's unpack."""
+    layers = rich_layers()
+    refs = {
+        "gzip": new_ref(registry, "rich-gzip"),
+        "zstd": new_ref(registry, "rich-zstd"),
+        "zstd:chunked": new_ref(registry, "rich-chunked"),
+    }
+    push(refs["gzip"], build_image(layers, compression="gzip"))
+    push(refs["zstd"], build_image(layers, compression="zstd"))
+    convert(refs["gzip"], refs["zstd:chunked"])
+    oracle = snapshot_tree(umoci_unpack(refs["gzip"], tmp_path_factory.mktemp("umoci")))
+    return refs, oracle
+
+
+@pytest.mark.parametrize("fmt", ["zstd:chunked", "gzip", "zstd"])
+def test_mount_equals_umoci_unpack(rich, fmt, tmp_path):
+    refs, oracle = rich
+    with mounted(str(refs[fmt]), tmp_path / "mnt", tmp_path / "cache") as mnt:
+        assert_same_tree(oracle, snapshot_tree(mnt), exact_mtime=True, **IGNORE)
+
+
+def test_mount_is_read_only_and_reports_statfs(rich, tmp_path):
+    refs, _ = rich
+    with mounted(str(refs["zstd:chunked"]), tmp_path / "mnt", tmp_path / "cache") as mnt:
+        with pytest.raises(OSError) as info:
+            (mnt / "new-file").write_bytes(b"x")
+        assert info.value.errno == errno.EROFS
+        with pytest.raises(OSError) as info:
+            (mnt / "data" / "small.txt").write_bytes(b"x")
+        assert info.value.errno in (errno.EROFS, errno.EACCES)
+        with pytest.raises(OSError) as info:
+            os.unlink(mnt / "data" / "small.txt")
+        assert info.value.errno == errno.EROFS
+        fs = os.statvfs(mnt)
+        assert fs.f_files > 10 and fs.f_bsize == 4096
+
+
+def _big_image() -> tuple[list[Entry], dict[str, bytes]]:
+    files = {f"files/f{i:03d}": noise(random.Random(i).randrange(1, 400_000), i) for i in range(60)}
+    files["big/one.bin"] = noise(8 * 1024 * 1024 + 17, 99)
+    files["small/hello.txt"] = b"hello, lazy world\n"
+    entries = [Entry(path, data=data, mtime=T0) for path, data in files.items()]
+    return entries, files
+
+
+def test_concurrent_readers_get_every_byte_right(registry, tmp_path):
+    entries, files = _big_image()
+    src, dst = new_ref(registry, "conc"), new_ref(registry, "conc-chunked")
+    push(src, build_image([entries]))
+    convert(src, dst)
+    errors: list[str] = []
+    with mounted(str(dst), tmp_path / "mnt", tmp_path / "cache", "--no-prefetch") as mnt:
+
+        def reader(seed: int) -> None:
+            rng = random.Random(seed)
+            for _ in range(40):
+                path, data = rng.choice(list(files.items()))
+                offset = rng.randrange(0, len(data))
+                size = rng.choice([1, 4096, 65536, 300_000, len(data)])
+                with open(mnt / path, "rb") as f:
+                    f.seek(offset)
+                    got = f.read(size)
+                if got != data[offset : offset + size]:
+                    errors.append(f"{path}@{offset}+{size}")
+
+        threads = [threading.Thread(target=reader, args=(n,)) for n in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "a reader hung"
+    assert not errors, errors[:10]
+
+
+def test_one_small_file_fetches_a_small_share_and_the_cache_serves_a_second_mount(
+    registry, tmp_path
+):
+    entries, files = _big_image()
+    src, dst = new_ref(registry, "share"), new_ref(registry, "share-chunked")
+    push(src, build_image([entries]))
+    convert(src, dst)
+    image_bytes = sum(len(d) for d in files.values())
+    cache = tmp_path / "cache"
+    with mounted(str(dst), tmp_path / "mnt", cache, "--no-prefetch") as mnt:
+        assert (mnt / "small/hello.txt").read_bytes() == files["small/hello.txt"]
+        fetched = stats(mnt)["fetch"]["total"]
+        assert 0 < fetched["bytes_fetched"] < 0.02 * image_bytes, fetched
+        # Read everything: it all goes through the disk cache.
+        for path, data in files.items():
+            assert (
+                hashlib.sha256((mnt / path).read_bytes()).digest() == hashlib.sha256(data).digest()
+            )
+    with mounted(str(dst), tmp_path / "mnt2", cache, "--no-prefetch") as mnt:
+        for path, data in files.items():
+            assert (mnt / path).read_bytes() == data
+        again = stats(mnt)["fetch"]["total"]
+        assert again["requests"] == 0 and again["bytes_fetched"] == 0, again
+
+
+def test_umount_of_a_dead_daemon(registry, tmp_path):
+    entries, _ = _big_image()
+    src, dst = new_ref(registry, "dead"), new_ref(registry, "dead-chunked")
+    push(src, build_image([entries]))
+    convert(src, dst)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = lazyfs("mount", "--daemon", "--cache-dir", str(tmp_path / "cache"), str(dst), str(mnt))
+    assert result.returncode == 0, result.stderr
+    try:
+        pid = int(result.stdout.split("daemon pid ")[1].split(",")[0])
+        os.kill(pid, 9)
+        # The first access after the kill may see the kernel abort the connection; from
+        # then on the mount answers "not connected".
+        with pytest.raises(OSError) as info:
+            os.listdir(mnt)
+        assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+        with pytest.raises(OSError) as info:
+            os.listdir(mnt)
+        assert info.value.errno == errno.ENOTCONN
+    finally:
+        done = lazyfs("umount", str(mnt))
+    assert done.returncode == 0, done.stderr
+    assert not is_mountpoint(mnt)
