@@ -72,3 +72,11 @@ class LayerIndexError(LazyfsError):
 
 class ChunkError(LazyfsError):
     """A chunk could not be decoded or did not match its digest."""
+
+
+class FetchError(LazyfsError):
+    """File content could not be read (local I/O error, a chunk that cannot be fetched)."""
+
+
+class ReadTimeout(FetchError):
+    """A read did not complete within the fetcher's ``read_timeout``."""

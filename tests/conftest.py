@@ -9,6 +9,9 @@ Session-scoped registries (started once, on first use):
   :class:`~tests.harness.tokenissuer.TokenIssuer` is ``token_registry.issuer``
   (user ``bob:builder``, anonymous pull allowed).
 
+* ``containerd``: a private containerd (Debian package, 1.6) with its own root, state and
+  socket, for ``ctr``/``ctr-remote``.
+
 Function-scoped:
 
 * ``fault_proxy``: a :class:`~tests.harness.faultproxy.FaultProxy` in front of
@@ -27,6 +30,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness import certs
+from tests.harness.containerd import DEFAULT_BINARY as CONTAINERD_BINARY
+from tests.harness.containerd import ContainerdServer
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.registry import DEFAULT_BINARY, RegistryServer
 from tests.harness.tokenissuer import TokenIssuer
@@ -91,3 +96,14 @@ def fault_proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
     """A fresh :class:`FaultProxy` in front of ``registry`` for one test."""
     with FaultProxy(registry.url, ca_file=registry.ca_file) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerdServer]:
+    """A private containerd (own root, state and socket; root needed), shared by the session."""
+    if not os.access(CONTAINERD_BINARY, os.X_OK):
+        pytest.fail(f"{CONTAINERD_BINARY} is missing (Debian package containerd)", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("containerd tests must run as root", pytrace=False)
+    with ContainerdServer(tmp_path_factory.mktemp("containerd")) as server:
+        yield server

@@ -24,7 +24,7 @@ import trio
 import trio.testing
 import zstandard
 
-from lazyfs.errors import ChunkError, LazyfsError, RegistryError
+from lazyfs.errors import ChunkError, LazyfsError, ReadTimeout, RegistryError
 from lazyfs.formats.detect import read_layer_index
 from lazyfs.formats.estargz import read_estargz_index
 from lazyfs.formats.model import EntryType, LayerIndex
@@ -32,7 +32,7 @@ from lazyfs.formats.plain import index_tar_file
 from lazyfs.formats.zstd_chunked_writer import write_zstd_chunked
 from lazyfs.fs.cache import ChunkCache
 from lazyfs.fs.chunktable import ChunkTable
-from lazyfs.fs.fetcher import ChunkFetcher, LayerSource, ReadTimeout
+from lazyfs.fs.fetcher import ChunkFetcher, LayerSource
 from lazyfs.oci import mediatypes
 from lazyfs.oci.blobs import BytesBlob, RegistryBlob
 from lazyfs.oci.digest import Digest

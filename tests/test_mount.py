@@ -14,9 +14,11 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +151,31 @@ def test_mount_equals_umoci_unpack(rich, fmt, tmp_path):
         assert_same_tree(oracle, snapshot_tree(mnt), exact_mtime=True, **IGNORE)
 
 
+@pytest.fixture(scope="module")
+def peer_converted(rich, containerd):
+    """The rich image converted by stargz-snapshotter's ctr-remote: eStargz and its zstd form."""
+    refs, _ = rich
+    source = str(refs["gzip"])
+    containerd.ctr_remote("image", "pull", "--plain-http", source)
+    out = {}
+    for fmt, option in (("estargz", "--estargz"), ("stargz-zstd", "--zstdchunked")):
+        target = source.rsplit(":", 1)[0] + f":{fmt}"
+        containerd.ctr_remote("image", "convert", "--oci", option, source, target)
+        containerd.ctr_remote("image", "push", "--plain-http", target)
+        out[fmt] = target
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["estargz", "stargz-zstd"])
+def test_mount_of_peer_formats_equals_umoci_unpack(rich, peer_converted, fmt, tmp_path):
+    _, oracle = rich
+    with mounted(peer_converted[fmt], tmp_path / "mnt", tmp_path / "cache") as mnt:
+        # The eStargz TOC keeps modification times to the second (RFC 3339 without a fraction).
+        assert_same_tree(oracle, snapshot_tree(mnt), exact_mtime=False, **IGNORE)
+        assert not (mnt / ".no.prefetch.landmark").exists()
+        assert not (mnt / "stargz.index.json").exists()
+
+
 def test_mount_is_read_only_and_reports_statfs(rich, tmp_path):
     refs, _ = rich
     with mounted(str(refs["zstd:chunked"]), tmp_path / "mnt", tmp_path / "cache") as mnt:
@@ -251,3 +278,48 @@ def test_umount_of_a_dead_daemon(registry, tmp_path):
         done = lazyfs("umount", str(mnt))
     assert done.returncode == 0, done.stderr
     assert not is_mountpoint(mnt)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_foreground_mount_unmounts_cleanly_on_a_signal(rich, sig, tmp_path):
+    refs, _ = rich
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    args = ["mount", "--cache-dir", str(tmp_path / "cache"), str(refs["zstd:chunked"]), str(mnt)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lazyfs", *args], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not is_mountpoint(mnt):
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the mount did not appear"
+            time.sleep(0.05)
+        assert (mnt / "data/small.txt").read_bytes()
+        process.send_signal(sig)
+        assert process.wait(timeout=30) == 0, process.stderr.read()
+        assert not is_mountpoint(mnt)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if is_mountpoint(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+def test_mount_an_oci_layout(rich, tmp_path):
+    refs, oracle = rich
+    layout = tmp_path / "layout"
+
+    async def to_layout():
+        async with RegistryClient() as client:
+            await convert_image(
+                open_store(str(refs["gzip"]), client),
+                open_store(f"oci:{layout}:v1", client, create=True),
+                ConvertOptions(chunk_size=CHUNK),
+                NullProgress(),
+            )
+
+    trio.run(to_layout)
+    with mounted(f"oci:{layout}:v1", tmp_path / "mnt", tmp_path / "cache") as mnt:
+        assert_same_tree(oracle, snapshot_tree(mnt), exact_mtime=True, **IGNORE)

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import random
 import tarfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -38,7 +36,7 @@ from lazyfs.oci.digest import Digest
 from lazyfs.oci.manifest import Descriptor
 from lazyfs.oci.reference import Reference
 from lazyfs.oci.registry import RegistryClient
-from tests.harness.containerd import DEFAULT_BINARY, ContainerdServer
+from tests.harness.containerd import ContainerdServer
 from tests.harness.images import Entry, build_image, push_image, tar_layer
 from tests.harness.indexcheck import assert_index_matches_tar
 from tests.harness.registry import RegistryServer
@@ -50,17 +48,6 @@ MiB = 1024 * 1024
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerdServer]:
-    """A private containerd (root needed), shared by the session."""
-    if not os.access(DEFAULT_BINARY, os.X_OK):
-        pytest.fail(f"{DEFAULT_BINARY} is missing (Debian package containerd)", pytrace=False)
-    if os.geteuid() != 0:
-        pytest.fail("containerd tests must run as root", pytrace=False)
-    with ContainerdServer(tmp_path_factory.mktemp("containerd")) as server:
-        yield server
 
 
 def source_layers() -> list[list[Entry]]:

@@ -60,14 +60,14 @@ from dataclasses import asdict, dataclass, field
 
 import trio
 
-from ..errors import ChunkError, LazyfsError
+from ..errors import ChunkError, FetchError, LazyfsError, ReadTimeout
 from ..formats.chunks import decode_chunk
 from ..formats.model import CODEC_NONE, CODEC_ZEROS, Chunk
 from ..oci.blobs import BlobReader
 from .cache import ChunkCache
 from .chunktable import ChunkTable
 
-__all__ = ["ChunkFetcher", "FetchError", "FetcherStats", "LayerSource", "LayerStats", "ReadTimeout"]
+__all__ = ["ChunkFetcher", "FetcherStats", "LayerSource", "LayerStats"]
 
 log = logging.getLogger("lazyfs.fetcher")
 
@@ -90,14 +90,6 @@ MAX_RANGES_PER_CALL = 32
 
 # decode_chunk shares one ZstdDecompressor, which is not safe for concurrent use.
 _DECODE_LOCK = threading.Lock()
-
-
-class FetchError(LazyfsError):
-    """File content could not be read (local I/O error, a chunk that cannot be fetched)."""
-
-
-class ReadTimeout(FetchError):
-    """A read did not complete within the fetcher's ``read_timeout``."""
 
 
 @dataclass
