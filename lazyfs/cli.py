@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from . import __version__
-from .errors import LazyfsError
+from .errors import LazyfsError, unwrap_task_errors
 from .oci.credentials import Credentials, CredentialStore
 from .oci.hosts import HostPolicy
 from .oci.platform import Platform
@@ -232,9 +232,8 @@ async def cmd_mount(args: argparse.Namespace) -> int:
         async with make_client(args) as client:
             image = await open_image(open_store(args.ref, client), mount_options(args))
             try:
-                with trio.open_signal_receiver(
-                    signal.SIGINT, signal.SIGTERM, signal.SIGHUP
-                ) as signals:
+                stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                with unwrap_task_errors(), trio.open_signal_receiver(*stop_signals) as signals:
                     async with trio.open_nursery() as nursery:
                         ready = trio.Event()
                         nursery.start_soon(

@@ -7,6 +7,9 @@ contain credentials or tokens.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class LazyfsError(Exception):
     """Base of every error lazyfs raises on purpose."""
@@ -80,3 +83,29 @@ class FetchError(LazyfsError):
 
 class ReadTimeout(FetchError):
     """A read did not complete within the fetcher's ``read_timeout``."""
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+@contextlib.contextmanager
+def unwrap_task_errors() -> Iterator[None]:
+    """Turn an exception group from a trio nursery back into one error.
+
+    trio wraps what a nursery's tasks raise in a group; callers of lazyfs expect its own
+    errors (the CLI prints a :class:`LazyfsError` as one line). When every error in the group
+    is an ordinary exception, the first :class:`LazyfsError` in it (else its first error)
+    is raised instead. Groups holding cancellation or KeyboardInterrupt pass unchanged.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if not leaves or not all(isinstance(e, Exception) for e in leaves):
+            raise
+        raise next((e for e in leaves if isinstance(e, LazyfsError)), leaves[0]) from None

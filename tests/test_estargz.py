@@ -29,7 +29,7 @@ from lazyfs.formats import estargz
 from lazyfs.formats.annotations import ESTARGZ_TOC_DIGEST
 from lazyfs.formats.estargz import parse_estargz_footer, read_estargz_index
 from lazyfs.formats.model import CODEC_GZIP, EntryType, LayerIndex
-from lazyfs.formats.toc import MAX_TOC_SIZE, TAIL_SIZE
+from lazyfs.formats.toc import TAIL_SIZE
 from lazyfs.oci.blobs import BytesBlob
 from tests.harness.indexcheck import assert_index_matches_tar, tar_members
 
@@ -465,10 +465,11 @@ def _bomb(uncompressed: int, members: int = 1) -> bytes:
     return out.getvalue()
 
 
-def test_toc_bomb_is_refused() -> None:
-    member = _bomb(MAX_TOC_SIZE + (1 << 20))
-    assert len(member) < 1 << 20  # small on the wire, 151 MiB inflated
-    with pytest.raises(LayerIndexError, match=r"layer L.*more than 150 MiB"):
+def test_toc_bomb_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(estargz, "MAX_TOC_SIZE", 8 << 20)  # the real limit, just cheaper to test
+    member = _bomb((8 << 20) + (1 << 20))
+    assert len(member) < 1 << 20  # small on the wire, 9 MiB inflated
+    with pytest.raises(LayerIndexError, match=r"layer L.*more than 8 MiB"):
         read(BytesBlob(_blob_with_toc_member(member)))
 
 

@@ -323,3 +323,28 @@ def test_mount_an_oci_layout(rich, tmp_path):
     trio.run(to_layout)
     with mounted(f"oci:{layout}:v1", tmp_path / "mnt", tmp_path / "cache") as mnt:
         assert_same_tree(oracle, snapshot_tree(mnt), exact_mtime=True, **IGNORE)
+
+
+def test_a_broken_layer_index_is_reported_in_one_line(registry, tmp_path):
+    from lazyfs.formats.annotations import (
+        ZSTD_CHUNKED_MANIFEST_CHECKSUM,
+        ZSTD_CHUNKED_MANIFEST_POSITION,
+    )
+    from lazyfs.oci.digest import Digest
+
+    broken = {
+        ZSTD_CHUNKED_MANIFEST_CHECKSUM: str(Digest.of(b"toc")),
+        ZSTD_CHUNKED_MANIFEST_POSITION: "10:20:30:1",
+    }
+    ref = new_ref(registry, "broken")
+    push(
+        ref, build_image([[Entry("a", data=b"a")]], compression="zstd", layer_annotations=[broken])
+    )
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = lazyfs("mount", "--daemon", "--cache-dir", str(tmp_path / "cache"), str(ref), str(mnt))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lazyfs: error: layer #0"), result.stderr
+    assert not is_mountpoint(mnt)

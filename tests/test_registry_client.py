@@ -617,3 +617,15 @@ def test_storage_url_is_asked_again_on_403_and_after_its_ttl(registry, fault_pro
                 assert all("authorization" not in r.headers for r in storage.requests)
 
         trio.run(main)
+
+
+def test_errors_of_concurrent_range_requests_are_lazyfs_errors(registry):
+    ref = repo(registry.host)
+    missing = Digest.of(b"no such blob")
+
+    async def main():
+        async with client() as c:
+            with pytest.raises(NotFound):
+                await c.fetch_ranges(ref, missing, [(0, 10), (100, 10)])
+
+    trio.run(main)

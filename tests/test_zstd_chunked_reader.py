@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from lazyfs.errors import DigestMismatch, LayerIndexError
 from lazyfs.formats.model import CODEC_ZEROS, CODEC_ZSTD, EntryType
-from lazyfs.formats.toc import TAIL_SIZE
+from lazyfs.formats.toc import MAX_TOC_SIZE, TAIL_SIZE
 from lazyfs.formats.zstd_chunked import (
     ZstdChunkedFooter,
     footer_from_annotations,
@@ -631,6 +631,6 @@ def test_toc_declared_above_the_limit_is_refused_before_decompressing():
     built = chunked_blob(every_kind(), dialect="legacy")
     off, length = built.footer.toc_offset, built.footer.toc_length
     ann = dict(built.annotations)
-    ann[OLD + "manifest-position"] = f"{off}:{length}:{151 << 20}:1"
-    with pytest.raises(LayerIndexError, match="more than the 157286400 accepted"):
+    ann[OLD + "manifest-position"] = f"{off}:{length}:{MAX_TOC_SIZE + 1}:1"
+    with pytest.raises(LayerIndexError, match=f"more than the {MAX_TOC_SIZE} accepted"):
         read(built, annotations=ann)

@@ -238,3 +238,16 @@ def test_property_random_trees_read_back(tmp_path, tree, chunk_size):
         await assert_index_matches_tar(BytesBlob(blob), found, tar)
 
     trio.run(check)
+
+
+def test_reading_the_index_fetches_the_toc_but_not_the_tar_split(tmp_path):
+    result, blob = convert(tmp_path, tar_layer(every_kind()), chunk_size=64 * 1024)
+    reader = BytesBlob(blob)
+    index = trio.run(
+        lambda: read_zstd_chunked_index(reader, annotations=result.annotations, layer="t")
+    )
+    assert index.entries
+    _, toc_length, _, _ = result.annotations[
+        "io.github.containers.zstd-chunked.manifest-position"
+    ].split(":")
+    assert reader.bytes_read == int(toc_length) + 8  # the TOC's skippable frame, no more

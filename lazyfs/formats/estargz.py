@@ -243,7 +243,7 @@ async def read_estargz_index(
     ``containerd.io/snapshot/stargz/toc.digest`` the TOC must match it
     (:class:`DigestMismatch` otherwise). ``layer`` names the layer in errors. A blob with
     no footer, a TOC that does not inflate to a tar holding ``stargz.index.json``, or one
-    larger than 150 MiB uncompressed raises :class:`LayerIndexError`.
+    larger than ``MAX_TOC_SIZE`` uncompressed raises :class:`LayerIndexError`.
     """
     tail = await _fetch_tail(blob, tail)
     try:

@@ -50,8 +50,12 @@ __all__ = [
 
 #: Bytes of a blob's tail fetched first: the footer, and often the whole TOC.
 TAIL_SIZE = 64 * 1024
-#: Largest uncompressed TOC accepted (containers/storage's limit too).
-MAX_TOC_SIZE = 150 * 1024 * 1024
+#: Largest uncompressed TOC accepted. A TOC costs about 215 bytes an entry, so this admits
+#: images of some 2.4 million entries (a 1M-entry image must mount). containers/storage
+#: stops at 150 MiB (its partial pulls fall back to full pulls above): the converter warns.
+MAX_TOC_SIZE = 512 * 1024 * 1024
+#: containers/storage's own limit, above which podman pulls a layer whole.
+CONTAINERS_STORAGE_MAX_TOC = 150 * 1024 * 1024
 
 PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"

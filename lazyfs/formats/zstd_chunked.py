@@ -279,8 +279,15 @@ async def read_zstd_chunked_index(
     layer: str,
     tail: bytes | None = None,
 ) -> LayerIndex:
-    """The verified :class:`LayerIndex` of a zstd:chunked layer (see :func:`read_zstd_chunked`)."""
-    return (await read_zstd_chunked(blob, annotations=annotations, layer=layer, tail=tail)).index
+    """The verified :class:`LayerIndex` of a zstd:chunked layer (see :func:`read_zstd_chunked`).
+
+    The tar-split is neither fetched nor decompressed: a mount never needs it, and it is
+    often bigger than the TOC (about 1.4 KB an entry).
+    """
+    layer_data = await read_zstd_chunked(
+        blob, annotations=annotations, layer=layer, tail=tail, with_tar_split=False
+    )
+    return layer_data.index
 
 
 async def read_zstd_chunked(
@@ -289,8 +296,11 @@ async def read_zstd_chunked(
     annotations: Mapping[str, str],
     layer: str,
     tail: bytes | None = None,
+    with_tar_split: bool = True,
 ) -> ZstdChunkedLayer:
     """Locate, fetch, verify, decompress and convert a zstd:chunked layer's TOC and tar-split.
+
+    With ``with_tar_split`` off, only the TOC is fetched and ``tar_split`` is None.
 
     ``annotations`` are the layer descriptor's; ``tail``, when the caller has it, the last
     ``min(blob.size, TAIL_SIZE)`` bytes of the blob. The TOC is located from the annotations,
@@ -317,7 +327,7 @@ async def read_zstd_chunked(
             raise LayerIndexError(
                 f"layer {layer}: no zstd:chunked annotations and no zstd:chunked footer"
             )
-    toc_frame, ts_frame = await _fetch_frames(blob, footer, tail, tail_start)
+    toc_frame, ts_frame = await _fetch_frames(blob, footer, tail, tail_start, with_tar_split)
     _check_frame_header(toc_frame, 0, footer.toc_length, where=f"layer {layer}: the TOC")
     toc_compressed = toc_frame[_HEADER_SIZE:]
     _verify(expected.get("toc"), toc_compressed, f"layer {layer}: the compressed TOC")
@@ -327,7 +337,10 @@ async def read_zstd_chunked(
         ts_compressed = ts_frame[_HEADER_SIZE:]
         _verify(expected.get("tarsplit"), ts_compressed, f"layer {layer}: the tar-split")
     decode = _Decode(footer, toc_compressed, ts_compressed, expected.get("toc_json"), layer)
-    if footer.toc_uncompressed + footer.tarsplit_uncompressed > _THREAD_THRESHOLD:
+    if (
+        footer.toc_uncompressed + (footer.tarsplit_uncompressed if ts_compressed else 0)
+        > _THREAD_THRESHOLD
+    ):
         return await trio.to_thread.run_sync(decode.run, blob)
     return decode.run(blob)
 
@@ -390,7 +403,11 @@ def _digest(value: object, what: str, layer: str) -> Digest:
 
 
 async def _fetch_frames(
-    blob: BlobReader, footer: ZstdChunkedFooter, tail: bytes | None, tail_start: int
+    blob: BlobReader,
+    footer: ZstdChunkedFooter,
+    tail: bytes | None,
+    tail_start: int,
+    with_tar_split: bool = True,
 ) -> tuple[bytes, bytes | None]:
     """The TOC's and the tar-split's skippable frames (header included), in one request.
 
@@ -398,7 +415,7 @@ async def _fetch_frames(
     adjacent (as writers lay them out), and fetched with a single ``read_ranges`` call.
     """
     wanted = [(footer.data_end, footer.toc_length + _HEADER_SIZE)]
-    if footer.has_tar_split:
+    if footer.has_tar_split and with_tar_split:
         ts_start = footer.tarsplit_offset - _HEADER_SIZE
         wanted.append((ts_start, footer.tarsplit_length + _HEADER_SIZE))
     out: list[bytes | None] = [None] * len(wanted)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import logging
 import os
 import struct
 import tarfile
@@ -43,7 +44,7 @@ from .annotations import (
     ZSTD_CHUNKED_TARSPLIT_POSITION,
 )
 from .model import normalize_path
-from .toc import LAZYFS_PREFETCH_KEY
+from .toc import CONTAINERS_STORAGE_MAX_TOC, LAZYFS_PREFETCH_KEY, MAX_TOC_SIZE
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -60,6 +61,8 @@ __all__ = [
 DEFAULT_CHUNK_SIZE = 512 * 1024
 PREFETCH_ANNOTATION = "io.lazyfs.prefetch-offset"
 TARSPLIT_CHECKSUM_ANNOTATION = "io.github.containers.zstd-chunked.tarsplit-checksum"
+
+log = logging.getLogger("lazyfs.convert")
 
 _SKIPPABLE_MAGIC = 0x184D2A50
 _FOOTER_MAGIC = b"GNUlInUx"
@@ -370,6 +373,19 @@ def write_zstd_chunked(
         if prefetch_offset is not None:
             toc[LAZYFS_PREFETCH_KEY] = prefetch_offset
         toc_json = orjson.dumps(toc)
+        if len(toc_json) > MAX_TOC_SIZE:
+            raise LayerIndexError(
+                f"layer {layer}: its TOC would be {len(toc_json)} bytes, more than the "
+                f"{MAX_TOC_SIZE} lazyfs reads; such a layer cannot be made lazy"
+            )
+        if len(toc_json) > CONTAINERS_STORAGE_MAX_TOC:
+            log.warning(
+                "layer %s: its TOC is %d bytes; podman (containers/storage) pulls layers whose "
+                "TOC exceeds %d bytes whole",
+                layer,
+                len(toc_json),
+                CONTAINERS_STORAGE_MAX_TOC,
+            )
         toc_z = zstandard.ZstdCompressor(level=level).compress(toc_json)
         toc_offset = out.skippable(toc_z)
         split_offset = out.skippable(split_z)

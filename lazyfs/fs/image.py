@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from ..errors import unwrap_task_errors
 from ..formats.detect import read_layer_index
 from ..formats.model import LayerIndex
 from ..oci.platform import Platform
@@ -123,9 +124,10 @@ async def _read_indexes(
                 diff_id=diff_id,
             )
 
-    async with trio.open_nursery() as nursery:
-        for i in range(len(layers)):
-            nursery.start_soon(one, i)
+    with unwrap_task_errors():
+        async with trio.open_nursery() as nursery:
+            for i in range(len(layers)):
+                nursery.start_soon(one, i)
     return [index for index in out if index is not None]
 
 

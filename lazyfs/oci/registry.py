@@ -42,6 +42,7 @@ from ..errors import (
     NotFound,
     RegistryError,
     RegistryUnreachable,
+    unwrap_task_errors,
 )
 from . import mediatypes
 from ._auth import Authenticator, RetryableAuthFailure, scope_for
@@ -541,23 +542,25 @@ class RegistryClient:
             except _MultiRangeRefused:
                 log.info("%s does not answer multi-range requests; using single ranges", host)
                 self._no_multirange.add(host)
-                async with trio.open_nursery() as inner:
-                    for item in items:
-                        inner.start_soon(single, *item)
+                with unwrap_task_errors():
+                    async with trio.open_nursery() as inner:
+                        for item in items:
+                            inner.start_soon(single, *item)
                 return
             for (i, _, _), data in zip(items, got, strict=True):
                 results[i] = data
 
-        async with trio.open_nursery() as nursery:
-            if host in self._ignores_ranges:
-                # Every request brings the whole blob: one request serves all the ranges.
-                nursery.start_soon(batch, wanted)
-            elif len(wanted) == 1 or host in self._no_multirange:
-                for item in wanted:
-                    nursery.start_soon(single, *item)
-            else:
-                for k in range(0, len(wanted), MAX_RANGES_PER_REQUEST):
-                    nursery.start_soon(batch, wanted[k : k + MAX_RANGES_PER_REQUEST])
+        with unwrap_task_errors():
+            async with trio.open_nursery() as nursery:
+                if host in self._ignores_ranges:
+                    # Every request brings the whole blob: one request serves all the ranges.
+                    nursery.start_soon(batch, wanted)
+                elif len(wanted) == 1 or host in self._no_multirange:
+                    for item in wanted:
+                        nursery.start_soon(single, *item)
+                else:
+                    for k in range(0, len(wanted), MAX_RANGES_PER_REQUEST):
+                        nursery.start_soon(batch, wanted[k : k + MAX_RANGES_PER_REQUEST])
         return results
 
     async def _fetch_single(self, ref: Reference, digest: Digest, off: int, length: int) -> bytes:
