@@ -127,11 +127,11 @@ class _Reader:
 
     def integer(self, raw: Mapping, key: str, what: str, default: int = 0) -> int:
         value = raw.get(key, default)
+        if type(value) is int and value >= 0:  # the common case, first (bool is not int here)
+            return value
         if value is None:
             return default
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise self.fail(what, f"{key} must be a non-negative integer, not {value!r}")
-        return value
+        raise self.fail(what, f"{key} must be a non-negative integer, not {value!r}")
 
     def string(self, raw: Mapping, key: str, what: str) -> str:
         value = raw.get(key) or ""
