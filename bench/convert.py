@@ -52,6 +52,9 @@ from pathlib import Path
 import trio
 import zstandard
 
+from bench._common import cpu_model, save_results, say
+from bench._common import median as med
+from bench._common import percentile as pct
 from lazyfs.convert import ConvertOptions, convert_image
 from lazyfs.formats.annotations import (
     ZSTD_CHUNKED_MANIFEST_POSITION,
@@ -83,10 +86,6 @@ WHOLE_READS = 5
 MERGE_LIMIT = 4 * MiB  # largest merged range (FORMATS.md §9: 1-4 MiB per request)
 MIN_TAR_BYTES = 100 * MB
 SEED = 20250520
-
-
-def say(text: str) -> None:
-    print(f"--> {text}", file=sys.stderr, flush=True)
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -439,15 +438,6 @@ async def fresh_client_reads(img: Converted, picks) -> list[float]:
 # ---------------------------------------------------------------- the run
 
 
-def med(values) -> float:
-    return statistics.median(values)
-
-
-def pct(values, q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def human_size(n: int) -> str:
     return f"{n // MiB} MiB" if n >= MiB else f"{n // KiB} KiB"
 
@@ -592,7 +582,7 @@ async def bench(args) -> dict:
         "host": socket.gethostname().split(".")[0],
         "machine": {
             "cpus": os.cpu_count(),
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "python": platform.python_version(),
             "zstandard": zstandard.__version__,
             "libzstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
@@ -624,16 +614,6 @@ async def bench(args) -> dict:
         "rows": rows,
         "seconds": time.perf_counter() - t0,
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 # ---------------------------------------------------------------- report
@@ -779,16 +759,6 @@ def render(res: dict) -> str:
     return out.getvalue()
 
 
-def save(res: dict, text: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    base = RESULTS / f"{res['date']}-{res['host']}-convert"
-    for suffix, data in ((".md", text), (".json", json.dumps(res, indent=1) + "\n")):
-        tmp = base.with_suffix(suffix + ".tmp")
-        tmp.write_text(data)
-        tmp.rename(base.with_suffix(suffix))
-    return base
-
-
 def profile(top: int) -> None:
     """cProfile of ``write_zstd_chunked`` on the cached tar, default chunk size."""
     rootfs, _ = build_rootfs()
@@ -844,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(res)
     print(text)
     if not args.no_save:
-        say(f"saved {save(res, text)}.md and .json")
+        say(f"saved {save_results('convert', res, text)}.md and .json")
     return 0
 
 

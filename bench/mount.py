@@ -67,7 +67,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -80,6 +79,9 @@ from pathlib import Path
 import trio
 import zstandard
 
+from bench._common import cpu_model, save_results, say
+from bench._common import median as med
+from bench._common import percentile as pct
 from lazyfs.control import is_mountpoint
 from lazyfs.convert import ConvertOptions, convert_image
 from lazyfs.formats.zstd_chunked_writer import DEFAULT_CHUNK_SIZE
@@ -118,22 +120,6 @@ TARGETS = (
     ("cold_seq", "cold sequential read of a zstd:chunked file >= 400 MB/s"),
     ("mount_100k", "mount of a 100k-entry image under 1 s"),
 )
-
-
-def say(text: str) -> None:
-    print(f"--> {text}", file=sys.stderr, flush=True)
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def pct(values: list[float], q: float) -> float:
-    """The ``q`` quantile (nearest rank) of ``values``."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 # ---------------------------------------------------------------- the data
@@ -771,7 +757,7 @@ def bench(args) -> dict:
             "host": socket.gethostname().split(".")[0],
             "machine": {
                 "cpus": os.cpu_count(),
-                "cpu": _cpu_model(),
+                "cpu": cpu_model(),
                 "memory_gib": round(
                     os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
                 ),
@@ -834,16 +820,6 @@ def _fs_of(path: Path) -> str:
         ):
             best = (where, kind, dev)
     return f"{best[1]} on {best[2]}"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 # ---------------------------------------------------------------- summary and report
@@ -1091,16 +1067,6 @@ def render(res: dict) -> str:
     return out.getvalue()
 
 
-def save(res: dict, text: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    base = RESULTS / f"{res['date']}-{res['host']}-mount"
-    for suffix, data in ((".md", text), (".json", json.dumps(res, indent=1) + "\n")):
-        tmp = base.with_suffix(suffix + ".tmp")
-        tmp.write_text(data)
-        tmp.rename(base.with_suffix(suffix))
-    return base
-
-
 # ---------------------------------------------------------------- profiles
 
 
@@ -1345,7 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(res)
     print(text)
     if not args.no_save:
-        say(f"saved {save(res, text)}.md and .json")
+        say(f"saved {save_results('mount', res, text)}.md and .json")
     return 0
 
 

@@ -37,6 +37,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from bench._common import save_results, say
 from lazyfs.formats.model import CODEC_NONE, Chunk, Entry, EntryType, LayerIndex
 from lazyfs.fs.tree import ROOT_INODE, MergedTree
 from lazyfs.oci.digest import Digest
@@ -49,10 +50,6 @@ T0_NS = 1_700_000_000 * 1_000_000_000
 QUERIES = 100_000
 ROUNDS = 5
 MB = 1_000_000
-
-
-def say(text: str) -> None:
-    print(f"--> {text}", file=sys.stderr, flush=True)
 
 
 def synthetic_layer(entries: int) -> LayerIndex:
@@ -233,16 +230,6 @@ def render(res: dict) -> str:
     return out.getvalue()
 
 
-def save(res: dict, text: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    base = RESULTS / f"{res['date']}-{res['host']}-tree_memory"
-    for suffix, data in ((".md", text), (".json", json.dumps(res, indent=1) + "\n")):
-        tmp = base.with_suffix(suffix + ".tmp")
-        tmp.write_text(data)
-        tmp.rename(base.with_suffix(suffix))
-    return base
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.tree_memory", description=__doc__.split("\n")[0]
@@ -266,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(res)
     print(text)
     if not args.no_save:
-        say(f"saved {save(res, text)}.md and .json")
+        say(f"saved {save_results('tree_memory', res, text)}.md and .json")
     return 0
 
 
