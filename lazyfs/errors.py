@@ -85,10 +85,11 @@ class ReadTimeout(FetchError):
     """A read did not complete within the fetcher's ``read_timeout``."""
 
 
-def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+def leaf_exceptions(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    """Every exception inside ``group`` and its nested groups, in order."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
+            yield from leaf_exceptions(exc)
         else:
             yield exc
 
@@ -105,7 +106,7 @@ def unwrap_task_errors() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
+        leaves = list(leaf_exceptions(group))
         if not leaves or not all(isinstance(e, Exception) for e in leaves):
             raise
         raise next((e for e in leaves if isinstance(e, LazyfsError)), leaves[0]) from None

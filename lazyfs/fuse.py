@@ -55,7 +55,6 @@ class LazyOperations(pyfuse3.Operations):
         self.tree = image.tree
         self._handles: dict[int, list[int]] = {}  # fh -> [inode, end of the last read]
         self._next_fh = 1
-        self.errors = 0
 
     # ------------------------------------------------------------------ metadata
 
@@ -115,7 +114,7 @@ class LazyOperations(pyfuse3.Operations):
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = BLOCK_SIZE
-        s.f_blocks = -(-self.image.total_size // BLOCK_SIZE)
+        s.f_blocks = -(-self.tree.total_file_bytes() // BLOCK_SIZE)
         s.f_bfree = s.f_bavail = 0
         s.f_files = len(self.tree)
         s.f_ffree = s.f_favail = 0
@@ -141,7 +140,7 @@ class LazyOperations(pyfuse3.Operations):
         try:
             data = await self.image.read(inode, off, size, sequential=off == last_end and off > 0)
         except LazyfsError as exc:
-            self.errors += 1
+            # Counted per layer in the fetcher's stats (``lazyfs stats``).
             log.error("read of %s at %d failed: %s", self.tree.path(inode), off, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         handle[1] = off + len(data)

@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, field
 
 import trio
 
-from ..errors import ChunkError, FetchError, LazyfsError, ReadTimeout
+from ..errors import ChunkError, FetchError, LazyfsError, ReadTimeout, leaf_exceptions
 from ..formats.chunks import decode_chunk
 from ..formats.model import CODEC_NONE, CODEC_ZEROS, Chunk
 from ..oci.blobs import BlobReader
@@ -190,20 +190,12 @@ def _lazyfs_error(exc: BaseException, what: str) -> LazyfsError:
     if isinstance(exc, LazyfsError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
-        for leaf in _leaves(exc):
+        for leaf in leaf_exceptions(exc):
             if isinstance(leaf, LazyfsError):
                 return leaf
     err = FetchError(f"{what}: {type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
-
-
-def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 def _decode_unlocked(

@@ -69,17 +69,12 @@ class LazyImage:
     options: MountOptions
     timings: dict[str, float]
 
-    @property
-    def total_size(self) -> int:
-        """Bytes of regular file content in the merged tree (for statfs)."""
-        return self.tree.total_file_bytes() if hasattr(self.tree, "total_file_bytes") else 0
-
     async def read(self, ino: int, offset: int, size: int, *, sequential: bool = False) -> bytes:
         """Bytes ``[offset, offset+size)`` of regular file ``ino`` (short at its end)."""
-        attr = self.tree.attr(ino)
-        if offset >= attr.size or size <= 0:
+        file_size = self.tree.size(ino)
+        if offset >= file_size or size <= 0:
             return b""
-        size = min(size, attr.size - offset)
+        size = min(size, file_size - offset)
         content = self.tree.content(ino)
         if content is None:
             return bytes(size)  # a file whose content is all holes

@@ -283,6 +283,11 @@ class MergedTree:
             (size + 511) >> 9 if mode & _IFMT == stat.S_IFREG else 0,
         )
 
+    def size(self, ino: int) -> int:
+        """``st_size`` of inode ``ino``, without building its whole :class:`Attr` (reads)."""
+        self._check(ino)
+        return self._size[ino]
+
     def children(self, ino: int) -> Sequence[tuple[bytes, int]]:
         """``(name, inode)`` of each entry of directory ``ino``, sorted by name.
 
