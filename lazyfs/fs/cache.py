@@ -127,13 +127,15 @@ def _load_file(path: Path, key: bytes) -> bytes | bool | None:
     return data
 
 
-def _write_file(directory: Path, path: Path, key: bytes, data: bytes) -> None:
+def _write_file(directory: Path, path: Path, key: bytes, data: bytes, *, verified: bool) -> None:
     """Write ``data`` to ``path`` through a temporary file, after checking it is ``key``'s.
 
+    ``verified``: the caller has just checked that ``data`` hashes to ``key`` (the fetcher
+    decodes every chunk against its digest), so it is not hashed a second time.
     Raises ``ValueError`` if ``data`` does not hash to ``key``, ``OSError`` on I/O errors
     (the temporary file is removed). Touches no shared state.
     """
-    if hashlib.sha256(data).digest() != key:
+    if not verified and hashlib.sha256(data).digest() != key:
         raise ValueError(f"chunk content does not hash to its key {key.hex()}")
     directory.mkdir(exist_ok=True)
     tmp = directory / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
@@ -291,10 +293,11 @@ class ChunkCache:
             self.stats.memory_evictions += 1
         self.stats.memory_entries = len(self._memory)
 
-    def put(self, key: bytes, data: bytes, *, memory: bool = True) -> None:
+    def put(self, key: bytes, data: bytes, *, memory: bool = True, verified: bool = False) -> None:
         """Keep ``data`` in memory (unless ``memory`` is false) and on disk, blocking.
 
-        The disk write checks that ``data`` hashes to ``key`` (``ValueError`` if not).
+        The disk write checks that ``data`` hashes to ``key`` (``ValueError`` if not), unless
+        the caller says it has just ``verified`` that.
         """
         if len(key) != 32:
             raise ValueError("a chunk cache key is a raw 32-byte sha256")
@@ -304,13 +307,17 @@ class ChunkCache:
             return
         self._writing.add(key)
         try:
-            ok = self._write_one(key, data)
+            ok = self._write_one(key, data, verified)
         finally:
             self._writing.discard(key)
         self._written([(key, len(data), ok)])
 
     async def put_many_async(
-        self, items: Sequence[tuple[bytes, bytes]], *, memory: bool = True
+        self,
+        items: Sequence[tuple[bytes, bytes]],
+        *,
+        memory: bool = True,
+        verified: bool = False,
     ) -> None:
         """:meth:`put` for several chunks, the disk writes in one worker thread.
 
@@ -335,7 +342,7 @@ class ChunkCache:
             self._writing.add(key)
 
         def write_all() -> list[bool]:
-            return [self._write_one(key, data) for key, data in todo]
+            return [self._write_one(key, data, verified) for key, data in todo]
 
         try:
             if sum(len(d) for _, d in todo) <= INLINE_IO_BYTES:
@@ -396,11 +403,11 @@ class ChunkCache:
             return False
         return key not in self._writing
 
-    def _write_one(self, key: bytes, data: bytes) -> bool:
+    def _write_one(self, key: bytes, data: bytes, verified: bool) -> bool:
         """Write one file (any thread); False if the OS refused. Changes no state."""
         path = self.path_of(key)
         try:
-            _write_file(path.parent, path, key, data)
+            _write_file(path.parent, path, key, data, verified=verified)
         except OSError as exc:
             log.warning("chunk cache: cannot write %s: %s", path, exc)
             return False

@@ -569,7 +569,9 @@ class ChunkFetcher:
             # so nobody starts a second fetch in between.
             items = list(flight.results.items())
             if items:
-                await self.cache.put_many_async(items, memory=on_demand or not self.cache.has_disk)
+                # decode_chunk checked every item against its digest, its key.
+                memory = on_demand or not self.cache.has_disk
+                await self.cache.put_many_async(items, memory=memory, verified=True)
         finally:
             for key in chunks:
                 if self._flights.get(key) is flight:
