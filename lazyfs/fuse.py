@@ -193,6 +193,7 @@ async def mount_image(
                 await pyfuse3.main()  # returns when unmounted from outside (fusermount -u)
                 nursery.cancel_scope.cancel()
 
+            await nursery.start(image.fetcher.write_behind)
             nursery.start_soon(serve)
             if image.options.prefetch:
                 nursery.start_soon(

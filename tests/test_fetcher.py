@@ -321,6 +321,34 @@ def test_a_new_fetcher_on_the_same_disk_cache_makes_no_requests(
     trio.run(main)
 
 
+def test_write_behind_keeps_disk_writes_off_reads_and_drains_on_cancel(
+    registry, layer: Layer, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        async with client() as c:
+            fetcher = fetcher_for(
+                [layer.source(c, registry.host)], ChunkCache(1 * MiB, tmp_path, 64 * MiB)
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(fetcher.write_behind)
+                assert fetcher._write_queue is not None
+                for path, data in layer.files.items():
+                    assert await read_file(fetcher, layer, path) == data
+                nursery.cancel_scope.cancel()  # queued writes are finished before it ends
+            assert fetcher._write_queue is None
+            assert not fetcher._flights, "every flight is unregistered once written"
+            fetcher.cache.close()
+        async with client() as c:
+            fetcher = fetcher_for(
+                [layer.source(c, registry.host)], ChunkCache(1 * MiB, tmp_path, 64 * MiB)
+            )
+            for path, data in layer.files.items():
+                assert await read_file(fetcher, layer, path) == data
+            assert c.stats.requests == 0, "the drain left every chunk on disk"
+
+    trio.run(main)
+
+
 # ---------------------------------------------------------------- eStargz and plain layers
 
 

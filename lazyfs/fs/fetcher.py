@@ -85,6 +85,11 @@ PREFETCH_REQUESTS = 2
 DECODE_INLINE_BYTES = 1 * MiB
 #: Local (plain layer) reads bigger than this go to a worker thread.
 LOCAL_INLINE_BYTES = 256 * 1024
+#: Fetches whose disk writes may wait for the write-behind task (each up to
+#: max_request_bytes of content, held in memory until written: 64 MiB at the defaults).
+WRITE_BEHIND_QUEUE = 16
+#: Seconds the write-behind task may spend finishing queued writes when it is cancelled.
+WRITE_BEHIND_DRAIN = 30.0
 #: Ranges per read_ranges call, at most.
 MAX_RANGES_PER_CALL = 32
 
@@ -301,6 +306,7 @@ class ChunkFetcher:
         self.stats = FetcherStats([LayerStats(name=src.name) for src in self.layers])
         self._limiter = trio.CapacityLimiter(concurrency)
         self._flights: dict[bytes, _Flight] = {}
+        self._write_queue: trio.MemorySendChannel | None = None  # while write_behind runs
         self._on_demand = 0  # on-demand fetches running
         self._idle = trio.Event()
         self._idle.set()
@@ -541,8 +547,10 @@ class ChunkFetcher:
         disk level (prefetched data must not push the working set out of memory).
         """
         flight = _Flight()
-        for key in chunks:
+        keys = list(chunks)
+        for key in keys:
             self._flights[key] = flight
+        handed_over = False
         if on_demand:
             self._on_demand += 1
             if self._on_demand == 1:
@@ -567,16 +575,75 @@ class ChunkFetcher:
                         self._idle.set()
             # Waiters have their data. The keys stay registered until the cache has them,
             # so nobody starts a second fetch in between.
-            items = list(flight.results.items())
-            if items:
-                # decode_chunk checked every item against its digest, its key.
-                memory = on_demand or not self.cache.has_disk
-                await self.cache.put_many_async(items, memory=memory, verified=True)
+            handed_over = await self._cache_results(flight, keys, on_demand=on_demand)
         finally:
-            for key in chunks:
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
+            if not handed_over:
+                self._unregister(flight, keys)
         return flight
+
+    def _unregister(self, flight: _Flight, keys: list[bytes]) -> None:
+        for key in keys:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+
+    async def _cache_results(self, flight: _Flight, keys: list[bytes], *, on_demand: bool) -> bool:
+        """Put a finished flight's chunks in the cache; True if the write-behind task took them.
+
+        The memory level is filled at once (on-demand fetches; prefetches only without a
+        disk level, so they do not push the working set out of memory). The disk write goes
+        to :meth:`write_behind` when it runs and has room, else it happens here.
+        """
+        items = list(flight.results.items())
+        memory = on_demand or not self.cache.has_disk
+        queue = self._write_queue
+        if queue is not None and items:
+            if memory:
+                for key, data in items:
+                    self.cache.put_memory(key, data)
+            try:
+                queue.send_nowait((flight, keys, items))
+                return True
+            except trio.WouldBlock:
+                pass  # the writer is behind: write here, which slows fetching down
+        if items:
+            # decode_chunk checked every item against its digest, which is its key.
+            await self.cache.put_many_async(items, memory=memory, verified=True)
+        return False
+
+    async def write_behind(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Write fetched chunks to the disk cache in the background, until cancelled.
+
+        Run it in the mount's nursery: while it runs, a read returns as soon as its chunks
+        are verified and in memory, and the disk writes happen here instead of on the read
+        path. When cancelled, the writes already queued are finished first (shielded, for
+        at most ``WRITE_BEHIND_DRAIN`` seconds), so a clean unmount leaves them on disk.
+        """
+        send, receive = trio.open_memory_channel(WRITE_BEHIND_QUEUE)
+        self._write_queue = send
+        task_status.started()
+        try:
+            async for flight, keys, items in receive:
+                # One write, a few MB in a thread, always runs to its end: cancelled midway
+                # (to_thread checks before starting) it would be lost.
+                with trio.CancelScope(shield=True):
+                    await self._write_and_unregister(flight, keys, items)
+        finally:
+            self._write_queue = None
+            with trio.CancelScope(shield=True), trio.move_on_after(WRITE_BEHIND_DRAIN):
+                while True:
+                    try:
+                        flight, keys, items = receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    await self._write_and_unregister(flight, keys, items)
+
+    async def _write_and_unregister(
+        self, flight: _Flight, keys: list[bytes], items: list[tuple[bytes, bytes]]
+    ) -> None:
+        try:
+            await self.cache.put_many_async(items, memory=False, verified=True)
+        finally:
+            self._unregister(flight, keys)
 
     async def _fetch_and_decode(
         self, layer: int, chunks: dict[bytes, Chunk]
