@@ -432,6 +432,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lazyfs: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # The environment said no (permissions, a full disk, a missing file): one line too.
+        if args.debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"lazyfs: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

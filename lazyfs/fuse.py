@@ -184,7 +184,10 @@ async def mount_image(
     options = set(pyfuse3.default_options) | set(FUSE_OPTIONS)
     if debug:
         options.add("debug")
-    pyfuse3.init(ops, str(mountpoint), options)
+    try:
+        pyfuse3.init(ops, str(mountpoint), options)
+    except RuntimeError as exc:  # libfuse refused the mount; it says why on stderr
+        raise LazyfsError(f"cannot mount on {mountpoint}: {exc}") from None
     try:
         _raise_readahead(mountpoint)
         async with trio.open_nursery() as nursery:

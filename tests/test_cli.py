@@ -241,3 +241,18 @@ def test_convert_shows_progress_only_on_a_terminal(registry, home):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, output
     assert b"convert 1/1" in output and b"fetch 1/1" in output
+
+
+def test_an_unwritable_destination_is_one_line(registry, home, tmp_path):
+    image = build_image(sample_layers())
+    ref = Reference.parse(f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:1")
+    push(image, ref)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    target = f"oci:{readonly}/layout:t"
+    # As root, permissions do not stop us: /proc refuses new directories for anyone.
+    if os.geteuid() == 0:
+        target = "oci:/proc/lazyfs-test-layout:t"
+    line = assert_clean_error(lazyfs("convert", str(ref), target, home=home))
+    assert "lazyfs-test-layout" in line or "ro/layout" in line
