@@ -335,14 +335,30 @@ async def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
+    from .inspect import human_size
+
     fetch = stats.get("fetch", {})
-    total = fetch.get("total", {})
     print(f"{stats['image']} ({stats['platform']}), {stats['inodes']} inodes")
     print("timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in stats.get("timings", {}).items()))
-    for key in sorted(total):
-        print(f"  {key}: {total[key]}")
-    for layer in fetch.get("layers", []):
-        print(f"  layer {layer}")
+    columns = ("fetched", "requests", "chunks", "memory hits", "disk hits", "errors", "prefetch")
+    rows = [("layer", *columns)]
+    for layer in [*fetch.get("layers", []), {**fetch.get("total", {}), "name": "total"}]:
+        done, todo = layer.get("prefetch_done", 0), layer.get("prefetch_total", 0)
+        rows.append(
+            (
+                layer.get("name", "?"),
+                human_size(layer.get("bytes_fetched", 0)),
+                str(layer.get("requests", 0)),
+                str(layer.get("chunks_fetched", 0)),
+                str(layer.get("memory_hits", 0)),
+                str(layer.get("disk_hits", 0)),
+                str(layer.get("errors", 0)),
+                f"{done}/{todo}" if todo else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

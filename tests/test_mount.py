@@ -240,6 +240,9 @@ def test_one_small_file_fetches_a_small_share_and_the_cache_serves_a_second_moun
     cache = tmp_path / "cache"
     with mounted(str(dst), tmp_path / "mnt", cache, "--no-prefetch") as mnt:
         assert (mnt / "small/hello.txt").read_bytes() == files["small/hello.txt"]
+        text = lazyfs("stats", str(mnt))
+        assert text.returncode == 0, text.stderr
+        assert "layer" in text.stdout and "total" in text.stdout and "fetched" in text.stdout
         fetched = stats(mnt)["fetch"]["total"]
         assert 0 < fetched["bytes_fetched"] < 0.02 * image_bytes, fetched
         # Read everything: it all goes through the disk cache.
