@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import trio
 
 from .errors import LazyfsError
 
-__all__ = ["control_socket_path", "is_mountpoint", "request", "serve_control"]
+__all__ = ["control_socket_path", "is_mountpoint", "mount_device", "request", "serve_control"]
 
 _MAX_LINE = 64 * 1024
 
@@ -37,18 +38,33 @@ def control_socket_path(mountpoint: str | os.PathLike[str]) -> Path:
     return runtime_dir() / "mounts" / f"{key}.sock"
 
 
-def is_mountpoint(path: str | os.PathLike[str]) -> bool:
-    """True if something is mounted at ``path`` (per /proc/self/mountinfo)."""
+def _unescape(field: str) -> str:
+    """A mountinfo field with its octal escapes (``\\040`` for a space...) undone."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_device(path: str | os.PathLike[str]) -> str | None:
+    """``"major:minor"`` of what is mounted at ``path`` (the last mount there), else None.
+
+    Read from /proc/self/mountinfo, not with stat(): stat'ing a FUSE mount point asks its
+    daemon, which may be this very process, not serving yet.
+    """
     target = os.path.abspath(path)
+    found = None
     try:
-        with open("/proc/self/mountinfo") as f:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
                 fields = line.split()
-                if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
-                    return True
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    found = fields[2]
     except OSError:
         pass
-    return False
+    return found
+
+
+def is_mountpoint(path: str | os.PathLike[str]) -> bool:
+    """True if something is mounted at ``path``."""
+    return mount_device(path) is not None
 
 
 async def serve_control(

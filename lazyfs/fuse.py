@@ -20,6 +20,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from .control import mount_device
 from .errors import LazyfsError
 from .fs.image import LazyImage
 from .fs.tree import Attr
@@ -155,20 +156,28 @@ class LazyOperations(pyfuse3.Operations):
     create = write = setxattr = removexattr = staticmethod(_erofs)
 
 
+async def _tune_readahead(mountpoint: Path) -> None:
+    """Raise the read-ahead once the kernel has set its own from our reply to FUSE_INIT.
+
+    A stat of the mount point (from a thread: this process serves it) returns only after
+    that reply, so a value written then is not overwritten.
+    """
+    await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    _raise_readahead(mountpoint)
+
+
 def _raise_readahead(mountpoint: Path, kib: int = 1024) -> None:
     """Ask the kernel for 1 MiB reads on this mount (FORMATS.md §9: twice the throughput).
 
     pyfuse3 refuses ``max_read`` as a mount option; the bdi's read_ahead_kb does the job.
     """
-    # Not os.stat(mountpoint): the kernel would ask this very process, which is not serving
-    # yet. /proc/self/mountinfo has the device number (field 3, "major:minor").
-    target = os.path.abspath(mountpoint)
+    device = mount_device(mountpoint)
+    if device is None:
+        log.debug("could not raise read-ahead on %s: not in mountinfo", mountpoint)
+        return
     try:
-        with open("/proc/self/mountinfo") as f:
-            devices = [line.split()[2] for line in f if line.split()[4] == target]
-        if devices:
-            Path(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb").write_text(str(kib))
-    except (OSError, IndexError) as exc:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(kib))
+    except OSError as exc:
         log.debug("could not raise read-ahead on %s: %s", mountpoint, exc)
 
 
@@ -189,7 +198,6 @@ async def mount_image(
     except RuntimeError as exc:  # libfuse refused the mount; it says why on stderr
         raise LazyfsError(f"cannot mount on {mountpoint}: {exc}") from None
     try:
-        _raise_readahead(mountpoint)
         async with trio.open_nursery() as nursery:
 
             async def serve() -> None:
@@ -198,6 +206,7 @@ async def mount_image(
 
             await nursery.start(image.fetcher.write_behind)
             nursery.start_soon(serve)
+            nursery.start_soon(_tune_readahead, mountpoint)
             if image.options.prefetch:
                 nursery.start_soon(
                     lambda: image.fetcher.prefetch(everything=image.options.prefetch_all)

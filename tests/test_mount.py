@@ -351,3 +351,14 @@ def test_a_broken_layer_index_is_reported_in_one_line(registry, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lazyfs: error: layer #0"), result.stderr
     assert not is_mountpoint(mnt)
+
+
+def test_mount_point_with_a_space_and_non_ascii_and_1_mib_readahead(rich, tmp_path):
+    from lazyfs.control import mount_device
+
+    refs, _ = rich
+    with mounted(str(refs["zstd:chunked"]), tmp_path / "a mount ü", tmp_path / "cache") as mnt:
+        device = mount_device(mnt)
+        assert device is not None
+        assert Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() == "1024"
+        assert (mnt / "data/small.txt").read_bytes()
