@@ -11,6 +11,7 @@ mounted from the source repository instead of uploaded.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -221,7 +222,9 @@ async def _convert_manifest(
         started = trio.current_time()
         if _keep_layer(layer, options):
             outcome = await dst.put_blob(
-                layer.digest, await _blob_file(src, layer, work, progress, name), mount_from=src
+                layer.digest,
+                functools.partial(_blob_file, src, layer, work, progress, name),  # if needed
+                mount_from=src,
             )
             report.uploads[outcome] = report.uploads.get(outcome, 0) + 1
             layers.append(layer)

@@ -6,6 +6,8 @@ people.
 
 from __future__ import annotations
 
+import shlex
+
 from .formats.annotations import lazy_format_from_annotations
 from .formats.detect import find_layer_index
 from .oci.platform import Platform
@@ -138,7 +140,7 @@ def render_text(report: dict) -> str:
         if value is None:
             return "-"
         if isinstance(value, list):
-            return " ".join(_quote(v) for v in value) if value else "[]"
+            return " ".join(shlex.quote(v) for v in value) if value else "[]"
         return value or "-"
 
     lines += [
@@ -151,9 +153,3 @@ def render_text(report: dict) -> str:
     ]
     lines += [f"    {e}" for e in cfg["env"]]
     return "\n".join(lines)
-
-
-def _quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)

@@ -256,3 +256,27 @@ def test_an_unwritable_destination_is_one_line(registry, home, tmp_path):
         target = "oci:/proc/lazyfs-test-layout:t"
     line = assert_clean_error(lazyfs("convert", str(ref), target, home=home))
     assert "lazyfs-test-layout" in line or "ro/layout" in line
+
+
+def test_kept_layers_are_mounted_without_being_downloaded(registry):
+    from lazyfs.convert import ConvertOptions, convert_image
+    from lazyfs.oci.store import open_store
+    from lazyfs.progress import NullProgress
+
+    image = build_image([[Entry("big", data=os.urandom(2_000_000))]])
+    ref = Reference.parse(f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:1")
+    push(image, ref)
+    first = f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:z"
+    second = f"{registry.host}/cli/{uuid.uuid4().hex[:8]}:z"
+
+    async def convert(src: str, dst: str) -> tuple[dict, int]:
+        async with RegistryClient() as client:
+            report = await convert_image(
+                open_store(src, client), open_store(dst, client), ConvertOptions(), NullProgress()
+            )
+            return report.uploads, client.stats.bytes_received
+
+    trio.run(convert, str(ref), first)
+    uploads, received = trio.run(convert, first, second)
+    assert uploads == {"mounted": 2}
+    assert received < 100_000, f"{received} bytes fetched to mount a 2 MB layer"

@@ -178,7 +178,6 @@ def test_chunked_upload_and_cross_repository_mount(registry):
             assert await c.get_blob(second, digest) == data
 
     trio.run(main)
-    assert True
 
 
 def test_push_blob_from_file(registry, tmp_path):

@@ -640,7 +640,7 @@ class RegistryClient:
         self,
         ref: Reference,
         digest: Digest,
-        source: bytes | bytearray | memoryview | os.PathLike[str] | str,
+        source: BlobContent | Callable[[], Awaitable[BlobContent]],
         *,
         mount_from: Sequence[str] = (),
     ) -> str:
@@ -648,14 +648,22 @@ class RegistryClient:
 
         ``"exists"`` if it was there already, ``"mounted"`` if the registry linked it from
         one of the ``mount_from`` repositories (same registry), ``"uploaded"`` otherwise.
-        ``source`` is the blob's bytes or a path to a file holding them. Blobs up to the
-        monolithic limit go up in one ``PUT``, bigger ones in ``PATCH`` chunks. The
-        registry's digest must match ``digest``.
+        ``source`` is the blob's bytes or a path to a file holding them, or an async
+        function giving either, called only if the blob has to be uploaded (so a caller
+        need not fetch what a mount makes unnecessary). Blobs up to the monolithic limit go
+        up in one ``PUT``, bigger ones in ``PATCH`` chunks. The registry's digest must match.
         """
         what = f"push of blob {digest} to {ref.name}"
-        blob = _BlobSource(source)
         if await self.blob_size(ref, digest) is not None:
             return "exists"
+        blob: _BlobSource | None = None
+
+        async def content() -> _BlobSource:
+            nonlocal blob
+            if blob is None:
+                blob = _BlobSource(await source() if callable(source) else source)
+            return blob
+
         scopes = (scope_for(ref.repository, _PUSH), *(scope_for(r, _PULL) for r in mount_from))
 
         async def attempt() -> str:
@@ -675,6 +683,7 @@ class RegistryClient:
                 resp = await self._send("POST", ref, url, scopes=scopes)
                 await self._check(resp, what, ok=(202,))
                 location = _location(resp, url, what)
+            blob = await content()
             if blob.size <= self._monolithic_limit:
                 final = _with_query(location, "digest", str(digest))
                 resp = await self._send(
@@ -734,6 +743,9 @@ class RegistryClient:
             return digest
 
         return await self._attempts(what, ref.registry, attempt)
+
+
+BlobContent = bytes | bytearray | memoryview | os.PathLike[str] | str
 
 
 class _BlobSource:

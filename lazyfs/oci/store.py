@@ -9,6 +9,7 @@ a file, or random access), and writing blobs and manifests.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +23,10 @@ from .reference import Reference
 from .registry import MAX_CONFIG_SIZE, RegistryClient
 from .resolve import FetchedManifest, ResolvedImage, resolve_image
 
-__all__ = ["ImageStore", "LayoutStore", "RegistryStore", "open_store"]
+#: What a blob is stored from: its bytes, a file, or an async function giving either.
+BlobSource = bytes | Path | Callable[[], Awaitable[bytes | Path]]
+
+__all__ = ["BlobSource", "ImageStore", "LayoutStore", "RegistryStore", "open_store"]
 
 
 class ImageStore(Protocol):
@@ -51,9 +55,13 @@ class ImageStore(Protocol):
     async def has_blob(self, digest: Digest) -> bool: ...
 
     async def put_blob(
-        self, digest: Digest, source: bytes | Path, *, mount_from: ImageStore | None = None
+        self, digest: Digest, source: BlobSource, *, mount_from: ImageStore | None = None
     ) -> str:
-        """Store a blob; returns "exists", "mounted" or "uploaded"."""
+        """Store a blob; returns "exists", "mounted" or "uploaded".
+
+        ``source``: the bytes, a file, or an async function giving either, called only when
+        the blob must really be copied (not when it exists or can be mounted).
+        """
         ...
 
     async def put_manifest(self, data: bytes, media_type: str, *, tagged: bool) -> Digest:
@@ -99,7 +107,7 @@ class RegistryStore:
         return await self.client.blob_size(self.ref, digest) is not None
 
     async def put_blob(
-        self, digest: Digest, source: bytes | Path, *, mount_from: ImageStore | None = None
+        self, digest: Digest, source: BlobSource, *, mount_from: ImageStore | None = None
     ) -> str:
         mounts = []
         if (
@@ -164,11 +172,11 @@ class LayoutStore:
         return self.layout.has_blob(digest)
 
     async def put_blob(
-        self, digest: Digest, source: bytes | Path, *, mount_from: ImageStore | None = None
+        self, digest: Digest, source: BlobSource, *, mount_from: ImageStore | None = None
     ) -> str:
         if self.layout.has_blob(digest):
             return "exists"
-        self.layout.write_blob(digest, source)
+        self.layout.write_blob(digest, await source() if callable(source) else source)
         return "uploaded"
 
     async def put_manifest(self, data: bytes, media_type: str, *, tagged: bool) -> Digest:
