@@ -12,9 +12,11 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -273,9 +275,17 @@ def _cancel(nursery: trio.Nursery) -> dict:
 
 async def _mount_in_background(args: argparse.Namespace) -> int:
     """Start the mount as a detached daemon and return once it is ready (or failed)."""
-    argv = [a for a in sys.argv[1:] if a != "--daemon"]
-    at = argv.index("mount") + 1  # global options may come before the command
-    argv[at:at] = ["--ready-fd", "{fd}"]
+    await _start_daemon(args, "mount")
+    print(f"{args.mountpoint}: mounted (daemon pid {args.daemon_pid}, log {args.daemon_log})")
+    return 0
+
+
+async def _start_daemon(args: argparse.Namespace, command: str) -> None:
+    """Run this command line again, without ``--daemon``, as a detached process that
+    reports on a pipe once it serves its mounts; return then, or raise its error."""
+    argv = [a for a in sys.argv[1:] if a not in ("--daemon", "--foreground")]
+    at = argv.index(command) + 1  # global options may come before the command
+    argv[at:at] = ["--ready-fd", "{fd}", *(["--foreground"] if command == "bundle" else [])]
     read_fd, write_fd = os.pipe()
     log_path = (args.cache_dir or mount_options(args).cache_dir) / "logs" / "mount.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,8 +309,8 @@ async def _mount_in_background(args: argparse.Namespace) -> int:
     os.close(read_fd)
     text = answer.decode(errors="replace").strip()
     if text == "ok":
-        print(f"{args.mountpoint}: mounted (daemon pid {process.pid}, log {log_path})")
-        return 0
+        args.daemon_pid, args.daemon_log = process.pid, log_path
+        return
     if process.returncode is None:
         process.kill()
     raise LazyfsError(text.removeprefix("error: ") or f"the mount daemon failed; see {log_path}")
@@ -308,15 +318,30 @@ async def _mount_in_background(args: argparse.Namespace) -> int:
 
 async def cmd_umount(args: argparse.Namespace) -> int:
     from .control import is_mountpoint, request
+    from .runtime.bundle import BundlePaths, unmount_bundle
 
     mountpoint = os.path.abspath(args.mountpoint)
+    # A bundle's rootfs is an overlay over the image's mount in DIR/.lazyfs/lower.
+    bundle = BundlePaths.from_rootfs(Path(mountpoint))
+    is_bundle = is_mountpoint(bundle.lower)
+
+    def busy() -> bool:
+        if is_bundle and (is_mountpoint(bundle.lower) or bundle.state.exists()):
+            return True
+        return is_mountpoint(mountpoint)
+
     try:
         await request(mountpoint, "unmount")
         with trio.move_on_after(10):
-            while is_mountpoint(mountpoint):
+            while busy():
                 await trio.sleep(0.05)
     except LazyfsError as exc:
         log.info("%s; unmounting with fusermount3", exc)
+    if is_bundle and busy():
+        # The bundle's daemon is gone (or stuck): detach the overlay and the image.
+        unmount_bundle(bundle)
+        if not is_mountpoint(bundle.lower) and not is_mountpoint(mountpoint):
+            shutil.rmtree(bundle.state, ignore_errors=True)
     if is_mountpoint(mountpoint):
         # No daemon (it died: the mount answers ENOTCONN) or it did not finish in time.
         result = await trio.run_process(
@@ -359,6 +384,171 @@ async def cmd_stats(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``docker run``'s options that say how the container runs (``run`` and ``bundle``)."""
+    from .runtime.config import parse_cpus, parse_memory
+
+    g = parser.add_argument_group("container")
+    g.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable (K alone: take it from here)",
+    )
+    g.add_argument(
+        "--env-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="read K=V lines from FILE",
+    )
+    g.add_argument("-w", "--workdir", metavar="DIR", help="working directory in the container")
+    g.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="user (name or uid, names looked up in the image's /etc/passwd)",
+    )
+    g.add_argument("--entrypoint", metavar="CMD", help="override the image's Entrypoint")
+    g.add_argument("--hostname", metavar="NAME", help="container host name")
+    g.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="SRC:DST[:ro]",
+        help="bind-mount a host path into the container",
+    )
+    g.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
+    g.add_argument(
+        "--network",
+        choices=("host", "none"),
+        default="host",
+        help="host: the host's network (default); none: only a loopback",
+    )
+    g.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    g.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    g.add_argument(
+        "-m", "--memory", type=parse_memory, metavar="SIZE", help="memory limit (e.g. 512m)"
+    )
+    g.add_argument("--cpus", type=parse_cpus, metavar="N", help="CPU limit (e.g. 1.5)")
+    g.add_argument("--pids-limit", type=int, metavar="N", help="process limit")
+    g.add_argument(
+        "--init",
+        action="store_true",
+        help="run a reaper as PID 1 that forwards signals to the command",
+    )
+    g.add_argument(
+        "--security-opt",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="no-new-privileges[=true|false] (default true)",
+    )
+
+
+def run_options(args: argparse.Namespace):
+    from .runtime.config import RunOptions
+
+    no_new_privileges = True
+    for opt in args.security_opt:
+        key, _, value = opt.partition("=")
+        value = value or "true"
+        if key != "no-new-privileges" or value not in ("true", "false"):
+            raise LazyfsError(
+                f"unsupported --security-opt {opt!r} (no-new-privileges[=true|false])"
+            )
+        no_new_privileges = value == "true"
+    command = list(getattr(args, "args", []) or [])
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return RunOptions(
+        entrypoint=args.entrypoint,
+        command=command,
+        env=args.env,
+        env_files=args.env_file,
+        workdir=args.workdir,
+        user=args.user,
+        hostname=args.hostname,
+        tty=args.tty,
+        interactive=args.interactive,
+        volumes=args.volume,
+        read_only=args.read_only,
+        network=args.network,
+        memory=args.memory,
+        cpus=args.cpus,
+        pids_limit=args.pids_limit,
+        init=args.init,
+        no_new_privileges=no_new_privileges,
+    )
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise LazyfsError(f"{what} needs root (namespaces and mounts)")
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from .oci.store import open_store
+    from .runtime.container import RunSettings, run_container
+
+    options = run_options(args)
+    settings = RunSettings(keep=args.keep, stop_timeout=args.stop_timeout)
+    async with make_client(args) as client:
+        report = await run_container(
+            open_store(args.image, client),
+            client,
+            mount_options(args),
+            options,
+            settings,
+            started=args.started,
+        )
+    if args.verbose:
+        for line in report.describe():
+            print(f"lazyfs: {line}", file=sys.stderr)
+    return report.exit_code
+
+
+async def cmd_bundle(args: argparse.Namespace) -> int:
+    if args.daemon:
+        await _start_daemon(args, "bundle")
+        print(
+            f"{args.directory}: bundle ready; rootfs mounted (daemon pid {args.daemon_pid}, "
+            f"log {args.daemon_log}); stop it with: lazyfs umount {args.directory}/rootfs"
+        )
+        return 0
+    from .oci.store import open_store
+    from .runtime.bundle import serve_bundle
+
+    ready_fd = args.ready_fd
+
+    def ready() -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            os.write(ready_fd, b"ok\n")
+            os.close(ready_fd)
+            ready_fd = None
+
+    try:
+        async with make_client(args) as client:
+            await serve_bundle(
+                open_store(args.image, client),
+                mount_options(args),
+                run_options(args),
+                args.directory.resolve(),
+                hostname=args.hostname or "lazyfs",
+                on_ready=ready,
+            )
+    except LazyfsError as exc:
+        if ready_fd is not None:
+            os.write(ready_fd, f"error: {exc}\n".encode())
+        raise
     return 0
 
 
@@ -417,6 +607,62 @@ def build_parser() -> argparse.ArgumentParser:
     add_mount_options(p)
     p.set_defaults(func=cmd_mount)
 
+    p = sub.add_parser(
+        "run",
+        help="run a command in an image without pulling it (like docker run)",
+        usage="lazyfs run [OPTIONS] IMAGE [COMMAND [ARG...]]",
+    )
+    p.add_argument(
+        "image", type=_image, metavar="IMAGE", help="registry reference or oci:DIR[:TAG]"
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print each phase's duration and the bytes fetched",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the container's writable layer (printed at the end)",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="after a forwarded SIGINT/SIGTERM/SIGHUP, SIGKILL the container if it "
+        "is still running this much later (10)",
+    )
+    add_run_options(p)
+    add_registry_options(p)
+    add_mount_options(p)
+    p.set_defaults(func=cmd_run, private_mounts=True, root_needed="lazyfs run")
+
+    p = sub.add_parser(
+        "bundle",
+        help="make an OCI runtime bundle (config.json + lazy rootfs) for runc, crun, runsc",
+        usage="lazyfs bundle [OPTIONS] IMAGE DIR [COMMAND [ARG...]]",
+    )
+    p.add_argument(
+        "image", type=_image, metavar="IMAGE", help="registry reference or oci:DIR[:TAG]"
+    )
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    p.add_argument(
+        "--foreground",
+        dest="daemon",
+        action="store_false",
+        default=True,
+        help="serve the mounts in the foreground instead of as a daemon",
+    )
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    add_run_options(p)
+    add_registry_options(p)
+    add_mount_options(p)
+    p.set_defaults(func=cmd_bundle, root_needed="lazyfs bundle")
+
     p = sub.add_parser("umount", help="unmount a lazyfs mount (also one whose daemon died)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     p.set_defaults(func=cmd_umount)
@@ -441,7 +687,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    args.started = time.monotonic()
     try:
+        if getattr(args, "root_needed", None):
+            _require_root(args.root_needed)
+        if getattr(args, "private_mounts", False):
+            # Before trio starts any thread: unshare(CLONE_NEWNS) needs a single thread.
+            from .runtime.syscalls import enter_private_mount_namespace
+
+            enter_private_mount_namespace()
         return trio.run(args.func, args)
     except LazyfsError as exc:
         if args.debug:

@@ -7,7 +7,7 @@ VENV="$LAZYFS_ROOT/.venv"
 # Debian packages the project needs: FUSE and its headers (pyfuse3 builds against them),
 # the CNCF distribution registry, and the peer tools the tests use as oracles.
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv tar docker-registry skopeo umoci
-    containerd runc stargz-snapshotter)
+    containerd runc crun runsc busybox-static stargz-snapshotter)
 
 say() { printf '==> %s\n' "$*" >&2; }
 

@@ -1,0 +1,474 @@
+"""``lazyfs run`` for real: containers from images in a real registry, on a lazy rootfs.
+
+Each test runs the ``lazyfs`` command as a user would, on a small busybox image the tests
+build and push (plain gzip layers, and one converted to zstd:chunked), and looks at what
+the container printed, its exit status, and what it left behind. After every test, passing
+or failing, nothing of lazyfs may be mounted on the host, no state directory may remain in
+the test's ``TMPDIR``, and no cgroup of a run may remain.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from lazyfs.convert import ConvertOptions, convert_image
+from lazyfs.oci.reference import Reference
+from lazyfs.oci.registry import RegistryClient
+from lazyfs.oci.store import open_store
+from lazyfs.progress import NullProgress
+from tests.harness.images import Entry, build_image, push_image
+from tests.harness.rootfs import busybox_entries
+
+if os.geteuid() != 0:
+    pytest.fail("lazyfs run needs root; run the tests as root (scripts/test)", pytrace=False)
+if not os.path.exists("/bin/busybox"):
+    pytest.fail("/bin/busybox (busybox-static) is missing; run scripts/test", pytrace=False)
+
+CGROUP_ROOTS = [Path("/sys/fs/cgroup") / c / "lazyfs" for c in ("memory", "cpu", "pids")]
+
+
+def _host_mounts_under(path: Path) -> list[str]:
+    """The host's mounts at or below ``path`` (other tests may mount elsewhere meanwhile)."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line for line in lines if str(path) in line.split()[4]]
+
+
+def _run_cgroups() -> list[str]:
+    found = []
+    for root in CGROUP_ROOTS:
+        if root.is_dir():
+            found += [str(p) for p in root.iterdir() if p.name.startswith("run-")]
+    return found
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[dict]:
+    """A TMPDIR and cache dir of the test's own, checked for leftovers afterwards."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    before_cgroups = _run_cgroups()
+    yield {"tmpdir": tmpdir, "cache": tmp_path / "cache"}
+    assert _host_mounts_under(tmp_path) == [], "lazyfs run left a mount on the host"
+    assert sorted(os.listdir(tmpdir)) == [], "lazyfs run left state in TMPDIR"
+    assert _run_cgroups() == before_cgroups, "lazyfs run left a cgroup"
+
+
+def lazyfs_run(
+    state: dict,
+    image: str,
+    *args: str,
+    options: tuple[str, ...] = (),
+    input: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TMPDIR": str(state["tmpdir"])}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lazyfs",
+            "run",
+            "--cache-dir",
+            str(state["cache"]),
+            *options,
+            image,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+IMAGE_FILES = [
+    Entry("etc/motd", data=b"welcome to the image\n"),
+    Entry("srv", kind="dir"),
+    Entry("srv/data.txt", data=b"image data\n" * 1000),
+]
+
+
+def _push(registry, name: str, image) -> str:
+    ref = Reference.parse(f"{registry.host}/run/{name}-{uuid.uuid4().hex[:8]}:v1")
+
+    async def main():
+        async with RegistryClient() as client:
+            await push_image(client, ref, image)
+
+    trio.run(main)
+    return str(ref)
+
+
+@pytest.fixture(scope="module")
+def busybox(registry) -> str:
+    """A busybox image (gzip layers) with an Env, a WorkingDir and a Cmd of its own."""
+    image = build_image(
+        [busybox_entries(), IMAGE_FILES],
+        env=["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "FROM_IMAGE=yes", "SHARED=image"],
+        cmd=["/bin/sh", "-c", "echo default command"],
+        working_dir="/srv",
+    )
+    return _push(registry, "busybox", image)
+
+
+@pytest.fixture(scope="module")
+def busybox_chunked(registry, busybox) -> str:
+    """The same image converted to zstd:chunked (lazily fetched by ranges)."""
+    dst = busybox.rsplit(":", 1)[0] + "-zstd:v1"
+
+    async def main():
+        async with RegistryClient() as client:
+            await convert_image(
+                open_store(busybox, client),
+                open_store(dst, client),
+                ConvertOptions(chunk_size=64 * 1024),
+                NullProgress(),
+            )
+
+    trio.run(main)
+    return dst
+
+
+# ---------------------------------------------------------------------------- the process
+
+
+def test_exit_code_passes_through(state, busybox):
+    result = lazyfs_run(state, busybox, "sh", "-c", "exit 7")
+    assert result.returncode == 7, result.stderr
+    result = lazyfs_run(state, busybox, "true")
+    assert result.returncode == 0, result.stderr
+
+
+def test_image_cmd_workdir_and_env_are_used(state, busybox):
+    result = lazyfs_run(state, busybox)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "default command\n"
+    result = lazyfs_run(state, busybox, "sh", "-c", 'pwd; echo "$FROM_IMAGE $SHARED $HOME"')
+    assert result.stdout.splitlines() == ["/srv", "yes image /root"], result.stderr
+
+
+def test_env_workdir_and_user_options(state, busybox, tmp_path):
+    env_file = tmp_path / "env"
+    env_file.write_text("# a comment\nFROM_FILE=file\nSHARED=file\n")
+    result = lazyfs_run(
+        state,
+        busybox,
+        "sh",
+        "-c",
+        'echo "$SHARED $FROM_FILE $FROM_CLI $HOME"; pwd; id',
+        options=(
+            "--env-file",
+            str(env_file),
+            "-e",
+            "SHARED=cli",
+            "-e",
+            "FROM_CLI=1",
+            "-w",
+            "/tmp",
+            "-u",
+            "app",
+        ),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "cli file 1 /home/app"
+    assert lines[1] == "/tmp"
+    # The image's /etc/group makes app a member of staff (50) as well.
+    assert lines[2].startswith("uid=1000(app) gid=1000(app) groups=")
+    assert "50(staff)" in lines[2]
+
+    result = lazyfs_run(state, busybox, "id", "-u", options=("-u", "4242:50"))
+    assert result.stdout.strip() == "4242", result.stderr
+    result = lazyfs_run(state, busybox, "true", options=("-u", "nosuchuser"))
+    assert result.returncode != 0
+    assert "nosuchuser" in result.stderr
+
+
+def test_entrypoint_override(state, busybox):
+    result = lazyfs_run(state, busybox, "hello", options=("--entrypoint", "/bin/echo"))
+    assert result.stdout == "hello\n", result.stderr
+
+
+def test_command_is_pid_1_and_hostname(state, busybox):
+    result = lazyfs_run(state, busybox, "cat", "/proc/1/cmdline", options=("--hostname", "box1"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\0")[:2] == ["cat", "/proc/1/cmdline"]
+    result = lazyfs_run(state, busybox, "hostname", options=("--hostname", "box1"))
+    assert result.stdout.strip() == "box1"
+    result = lazyfs_run(state, busybox, "cat", "/etc/hostname", options=("--hostname", "box1"))
+    assert result.stdout.strip() == "box1"
+    result = lazyfs_run(state, busybox, "sh", "-c", "echo $$; ps -o pid,comm | wc -l")
+    assert result.stdout.split()[0] == "1"
+
+
+def test_init_option_reaps_and_forwards(state, busybox):
+    # sh starts a background child that outlives it; with --init PID 1 reaps the orphan
+    # and the command is PID 2 or later.
+    result = lazyfs_run(
+        state,
+        busybox,
+        "sh",
+        "-c",
+        "(sleep 0.2 &); sleep 0.6; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+        "grep -l '^State:.Z' /proc/[0-9]*/status | wc -l; echo $$",
+        options=("--init",),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "sleep" not in lines[0] and "grep" not in lines[0]
+    assert lines[1].strip() == "0", "a zombie was not reaped"
+    assert lines[2] != "1"
+
+
+def test_network_none_has_only_loopback(state, busybox):
+    result = lazyfs_run(state, busybox, "ls", "/sys/class/net", options=("--network", "none"))
+    assert result.stdout.split() == ["lo"], result.stderr
+    result = lazyfs_run(state, busybox, "ls", "/sys/class/net")
+    assert len(result.stdout.split()) > 1  # the host's network: lo and the host's interfaces
+
+
+def test_volume_is_visible_and_writable(state, busybox, tmp_path):
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "from-host").write_text("hello from the host\n")
+    result = lazyfs_run(
+        state,
+        busybox,
+        "sh",
+        "-c",
+        "cat /data/from-host && echo written > /data/from-container",
+        options=("-v", f"{volume}:/data"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello from the host\n"
+    assert (volume / "from-container").read_text() == "written\n"
+
+    result = lazyfs_run(
+        state, busybox, "sh", "-c", "echo no > /data/x", options=("-v", f"{volume}:/data:ro")
+    )
+    assert result.returncode != 0
+    assert not (volume / "x").exists()
+
+
+def test_read_only_rootfs(state, busybox):
+    result = lazyfs_run(state, busybox, "sh", "-c", "echo x > /newfile", options=("--read-only",))
+    assert result.returncode != 0
+    assert "Read-only" in result.stderr
+
+
+def test_writes_stay_in_the_container(state, busybox_chunked):
+    result = lazyfs_run(
+        state,
+        busybox_chunked,
+        "sh",
+        "-c",
+        "echo CONTAINER-WRITE-7f3a > /etc/motd && echo CONTAINER-WRITE-7f3a > /srv/new "
+        "&& rm /srv/data.txt && cat /etc/motd",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "CONTAINER-WRITE-7f3a\n"
+    # A new run sees the image as it was...
+    result = lazyfs_run(state, busybox_chunked, "sh", "-c", "cat /etc/motd; ls /srv")
+    assert result.stdout == "welcome to the image\ndata.txt\n", result.stderr
+    # ...and nothing the container wrote reached the cache.
+    for path in state["cache"].rglob("*"):
+        if path.is_file():
+            assert b"CONTAINER-WRITE-7f3a" not in path.read_bytes(), path
+
+
+def test_missing_command(state, busybox):
+    result = lazyfs_run(state, busybox, "/no/such/program")
+    assert result.returncode == 127
+    assert "/no/such/program" in result.stderr
+
+
+def test_stdin_is_attached_with_interactive(state, busybox):
+    result = lazyfs_run(state, busybox, "cat", options=("-i",), input="piped in\n")
+    assert result.stdout == "piped in\n", result.stderr
+
+
+def test_memory_limit_kills(state, busybox):
+    ok = lazyfs_run(
+        state,
+        busybox,
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=1M",
+        "count=8",
+        options=("--memory", "32m"),
+    )
+    assert ok.returncode == 0, ok.stderr
+    killed = lazyfs_run(
+        state,
+        busybox,
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=96M",
+        "count=1",
+        options=("--memory", "32m"),
+    )
+    assert killed.returncode == 137, killed.stderr
+    assert "out of memory" in killed.stderr
+
+
+def test_pids_limit(state, busybox):
+    result = lazyfs_run(
+        state,
+        busybox,
+        "sh",
+        "-c",
+        "for i in $(seq 30); do sleep 2 & done 2>/dev/null; jobs -p | wc -l",
+        options=("--pids-limit", "10"),
+    )
+    assert int(result.stdout.strip() or 0) < 30, result.stderr
+
+
+def test_verbose_prints_phases_and_bytes(state, busybox_chunked):
+    result = lazyfs_run(state, busybox_chunked, "echo", "only this", options=("--verbose",))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "only this\n"  # lazyfs's own words go to stderr
+    for phase in ("resolve", "index", "mount", "exec"):
+        assert re.search(rf"lazyfs: {phase}\s+[\d.]+ ms", result.stderr), result.stderr
+    assert re.search(r"fetched\s+[\d.]+ MB of [\d.]+ MB", result.stderr)
+
+
+# ---------------------------------------------------------------------------- signals
+
+
+def _start(state: dict, image: str, *args: str, options: tuple[str, ...] = ()):
+    env = {**os.environ, "TMPDIR": str(state["tmpdir"])}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lazyfs",
+            "run",
+            "--cache-dir",
+            str(state["cache"]),
+            *options,
+            image,
+            *args,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for_line(process: subprocess.Popen, expected: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            line = process.stdout.readline()
+            if line.strip() == expected:
+                return
+            if not line:
+                break
+    process.kill()
+    raise AssertionError(f"no {expected!r} from the container: {process.communicate()[1]}")
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
+def test_stop_signals_are_forwarded(state, busybox, signum, code):
+    trap = f"trap 'exit {code}' {signal.Signals(signum).name[3:]}; echo ready; "
+    process = _start(state, busybox, "sh", "-c", trap + "while :; do sleep 0.05; done")
+    try:
+        _wait_for_line(process, "ready")
+        process.send_signal(signum)
+        assert process.wait(timeout=15) == code
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_ctrl_c_ends_a_container_that_ignores_it(state, busybox):
+    # sleep as PID 1 has no SIGINT handler, so the kernel drops the forwarded signal; lazyfs
+    # kills the container after --stop-timeout and cleans up (checked by the fixture).
+    process = _start(
+        state, busybox, "sh", "-c", "echo ready; exec sleep 60", options=("--stop-timeout", "1")
+    )
+    try:
+        _wait_for_line(process, "ready")
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 137
+        assert time.monotonic() - started < 15
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+# ---------------------------------------------------------------------------- the terminal
+
+
+def test_tty_interactive_shell(state, busybox):
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: lazyfs on a terminal, as a user's shell would start it
+        os.environ["TMPDIR"] = str(state["tmpdir"])
+        os.execv(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "lazyfs",
+                "run",
+                "--cache-dir",
+                str(state["cache"]),
+                "-it",
+                busybox,
+                "sh",
+            ],
+        )
+    output = b""
+
+    def read_until(marker: bytes, timeout: float = 30) -> None:
+        nonlocal output
+        deadline = time.monotonic() + timeout
+        while marker not in output and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    output += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert marker in output, output.decode(errors="replace")
+
+    try:
+        read_until(b"# ")  # root's prompt
+        os.write(fd, b"tty; echo $((6 * 7))\r")
+        read_until(b"42")
+        assert b"/dev/pts/" in output or b"/dev/console" in output
+        os.write(fd, b"exit 3\r")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 3
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
