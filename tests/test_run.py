@@ -472,3 +472,38 @@ def test_tty_interactive_shell(state, busybox):
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+def test_kill_9_of_lazyfs_takes_the_container_down(state, busybox):
+    # lazyfs serves the container's root filesystem; killed, it cannot clean up, but the
+    # container must not live on without it, and its mounts die with its mount namespace.
+    marker = f"lazyfs-orphan-{uuid.uuid4().hex[:8]}"
+    process = _start(state, busybox, "sh", "-c", f"echo ready; sleep 600; echo {marker}")
+    try:
+        _wait_for_line(process, "ready")
+        assert _processes_with(marker), "the container is not running"
+        process.kill()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _processes_with(marker):
+            time.sleep(0.1)
+        assert _processes_with(marker) == [], "the container outlived lazyfs"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # What a killed lazyfs cannot remove: its state directory (nothing is mounted in it).
+    for leftover in state["tmpdir"].iterdir():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(leftover)], check=True)
+
+
+def _processes_with(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found

@@ -752,7 +752,16 @@ def _shim(child: int) -> NoReturn:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
-    for sig in _wait_signals():
+    parent = os.getppid()
+    while True:
+        info = signal.sigtimedwait(_WAITED_SIGNALS, 0.5)
+        if info is None:
+            # lazyfs (our parent) serves the container's root filesystem: if it is gone
+            # (killed), the container cannot go on; its end comes back here as SIGCHLD.
+            if os.getppid() != parent:
+                _forward(child, signal.SIGKILL)
+            continue
+        sig = info.si_signo
         if sig != signal.SIGCHLD:
             _forward(child, sig)
             continue
