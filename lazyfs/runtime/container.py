@@ -218,7 +218,7 @@ class _Container:
         }
         try:
             self.process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "lazyfs.runtime.init", str(spec_r), str(status_w)],
+                [sys.executable, "-S", "-m", "lazyfs.runtime.init", str(spec_r), str(status_w)],
                 stdin=stdio[0],
                 stdout=stdio[1],
                 stderr=stdio[2],
