@@ -282,3 +282,117 @@ def test_fuzz_only_layer_index_errors(entries):
         read(entries)
     except LayerIndexError:
         pass
+
+
+# ---------------------------------------------------------------------------- two readers
+# entries_from_toc converts ordinary TOCs column by column and leaves everything unusual to
+# the entry-by-entry reader, which is the reference. On TOCs near what writers make, with
+# random perturbations, the column reader must give exactly the reference's entries, or
+# decline (then the reference decides), but never accept what the reference refuses.
+
+from lazyfs.formats.toc import _Columns, _entries_one_by_one  # noqa: E402
+
+_DIGESTS = ["sha256:" + hashlib.sha256(bytes([i])).hexdigest() for i in range(4)]
+_ODD = st.sampled_from(
+    [None, -1, 2**70, "7", 1.5, "", "sha256:xyz", "sha512:" + "0" * 128, "../x", "/abs", "a//b"]
+)
+
+
+@st.composite
+def _writer_like_toc(draw):
+    entries = []
+    offset = 64
+    names = draw(st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=8, unique=True))
+    for i, name in enumerate(names):
+        kind = draw(st.sampled_from(["reg", "reg", "dir", "symlink", "hardlink", "char", "fifo"]))
+        row = {
+            "type": kind,
+            "name": f"d{i % 2}/{name}" if draw(st.booleans()) else name,
+            "mode": draw(st.sampled_from([0o644, 0o755, 0o4755, 0o600])),
+            "uid": draw(st.integers(0, 70000)),
+            "gid": draw(st.integers(0, 70000)),
+            "modtime": draw(st.sampled_from(["2024-01-01T00:00:00Z", "1970-01-01T00:00:00Z"])),
+        }
+        if draw(st.booleans()):
+            row["xattrs"] = {"user.k": base64.b64encode(b"v").decode()}
+        chunk_rows = []
+        if kind == "reg":
+            size = draw(st.integers(0, 3000))
+            row["size"] = size
+            if size:
+                parts = draw(st.integers(1, 3)) if size >= 3 else 1
+                step = -(-size // parts)
+                row["digest"] = draw(st.sampled_from(_DIGESTS))
+                row["offset"] = offset
+                row["endOffset"] = offset + 50
+                row["chunkSize"] = min(step, size)
+                row["chunkDigest"] = draw(st.sampled_from(_DIGESTS))
+                offset += 50
+                for k in range(1, parts):
+                    start = k * step
+                    if start >= size:
+                        break
+                    chunk_rows.append(
+                        {
+                            "type": "chunk",
+                            "name": row["name"],
+                            "offset": offset,
+                            "endOffset": offset + 50,
+                            "chunkOffset": start,
+                            "chunkSize": min(step, size - start),
+                            "chunkDigest": draw(st.sampled_from(_DIGESTS)),
+                        }
+                    )
+                    offset += 50
+        elif kind in ("symlink", "hardlink"):
+            row["linkName"] = draw(st.sampled_from(["a", "d0/b", "/etc/x", "../up"]))
+        elif kind == "char":
+            row["devMajor"], row["devMinor"] = 1, 3
+        entries.append(row)
+        entries.extend(chunk_rows)
+    # Perturb a few fields with odd values.
+    for _ in range(draw(st.integers(0, 2))):
+        row = entries[draw(st.integers(0, len(entries) - 1))]
+        key = draw(
+            st.sampled_from(
+                [
+                    "name",
+                    "size",
+                    "offset",
+                    "uid",
+                    "mode",
+                    "digest",
+                    "chunkDigest",
+                    "linkName",
+                    "chunkSize",
+                    "modtime",
+                    "type",
+                ]
+            )
+        )
+        value = draw(_ODD)
+        if value is None:
+            row.pop(key, None)
+        else:
+            row[key] = value
+    return {"version": 1, "entries": entries}
+
+
+@settings(max_examples=400, deadline=None)
+@given(_writer_like_toc())
+def test_column_reader_agrees_with_the_reference(toc):
+    try:
+        reference = _entries_one_by_one(toc, layer="L", codec=CODEC_ZSTD, data_end=10**6)
+    except LayerIndexError:
+        reference = None
+    try:
+        fast = _Columns("L", CODEC_ZSTD, 10**6).read(toc)
+    except LayerIndexError:
+        fast = "refused"
+    if fast is None:
+        return  # declined: the reference decides
+    assert reference is not None, "the column reader accepted a TOC the reference refuses"
+    assert fast != "refused", "the column reader refused a TOC the reference accepts"
+    entries, prefetch_offset, no_prefetch = reference
+    assert fast.entries == entries
+    assert (fast.prefetch_offset, fast.no_prefetch) == (prefetch_offset, no_prefetch)

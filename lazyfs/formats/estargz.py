@@ -268,7 +268,7 @@ async def read_estargz_index(
         dialect=dialect,
         blob_digest=blob.digest,
         blob_size=blob.size,
-        entries=contents.entries,
+        table=contents.table,
         index_size=len(toc_json),
         prefetch_offset=contents.prefetch_offset,
         no_prefetch=contents.no_prefetch,

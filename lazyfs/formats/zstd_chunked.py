@@ -369,8 +369,10 @@ async def read_tar_split(
             data,
             f"layer {layer}: the tar-split",
         )
-    return _decompress_bounded(
-        data, footer.tarsplit_uncompressed, MAX_TAR_SPLIT_SIZE, what=f"layer {layer}: tar-split"
+    return bytes(
+        _decompress_bounded(
+            data, footer.tarsplit_uncompressed, MAX_TAR_SPLIT_SIZE, what=f"layer {layer}: tar-split"
+        )
     )
 
 
@@ -481,22 +483,26 @@ class _Decode:
         )
         _verify(self.toc_json_checks, toc_json, f"layer {layer}: the uncompressed TOC")
         toc = parse_toc_json(toc_json, layer=layer)
+        del toc_json  # the parsed TOC is all that is needed now (a 1M-entry TOC is 200 MB)
         tar_split = None
         if self.ts_compressed is not None:
             self._check_tar_split_digest(toc)
-            tar_split = _decompress_bounded(
-                self.ts_compressed,
-                footer.tarsplit_uncompressed,
-                MAX_TAR_SPLIT_SIZE,
-                what=f"layer {layer}: tar-split",
+            tar_split = bytes(
+                _decompress_bounded(
+                    self.ts_compressed,
+                    footer.tarsplit_uncompressed,
+                    MAX_TAR_SPLIT_SIZE,
+                    what=f"layer {layer}: tar-split",
+                )
             )
         contents = entries_from_toc(toc, layer=layer, codec=CODEC_ZSTD, data_end=footer.data_end)
         dialect = footer.dialect + (", estargz keys" if _uses_estargz_keys(toc) else "")
+        del toc
         index = LayerIndex(
             format="zstd:chunked",
             blob_digest=blob.digest,
             blob_size=blob.size,
-            entries=contents.entries,
+            table=contents.table,
             index_size=footer.toc_uncompressed,
             prefetch_offset=contents.prefetch_offset,
             no_prefetch=contents.no_prefetch,
@@ -518,7 +524,7 @@ class _Decode:
         )
 
 
-def _decompress_bounded(data: bytes, declared: int, limit: int, *, what: str) -> bytes:
+def _decompress_bounded(data: bytes, declared: int, limit: int, *, what: str) -> bytearray:
     """Exactly ``declared`` bytes decompressed from ``data``, never more than that is produced.
 
     :class:`LayerIndexError` when ``declared`` exceeds ``limit``, when the data is not zstd,
@@ -543,7 +549,7 @@ def _decompress_bounded(data: bytes, declared: int, limit: int, *, what: str) ->
     if len(out) != declared:
         more = "more" if len(out) > declared else f"only {len(out)}"
         raise LayerIndexError(f"{what} decompresses to {more} bytes, not the {declared} declared")
-    return bytes(out)
+    return out  # a bytearray: no copy of what may be hundreds of MB
 
 
 def _uses_estargz_keys(toc: Mapping) -> bool:

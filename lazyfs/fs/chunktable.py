@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from ..formats.model import CODEC_GZIP, CODEC_NONE, CODEC_ZEROS, CODEC_ZSTD, Chunk
 from ..oci.digest import Digest
 
-__all__ = ["ChunkTable"]
+__all__ = ["CODEC_CODES", "ChunkTable"]
 
 _CODECS = (CODEC_ZSTD, CODEC_GZIP, CODEC_NONE, CODEC_ZEROS)
-_CODE = {c: i for i, c in enumerate(_CODECS)}
+#: The byte each codec is stored as (what :meth:`ChunkTable.extend` takes).
+CODEC_CODES = {c: i for i, c in enumerate(_CODECS)}
+_CODE = CODEC_CODES
 _NO_DIGEST = bytes(32)
 
 
@@ -69,6 +71,46 @@ class ChunkTable:
                 self._has_digest.append(0)
                 self._digests += _NO_DIGEST
         return first, len(chunks)
+
+    def extend(
+        self,
+        *,
+        file_offset: Sequence[int],
+        size: Sequence[int],
+        blob_offset: Sequence[int],
+        blob_length: Sequence[int],
+        inner: Sequence[int],
+        codec: bytes,
+        digests: bytes,
+        has_digest: bytes | None = None,
+    ) -> int:
+        """Append many chunks at once, column by column; returns the index of the first.
+
+        ``codec``: one :data:`CODEC_CODES` byte a chunk; ``digests``: 32 raw sha256 bytes a
+        chunk (zeros where there is none); ``has_digest``: one 0/1 byte a chunk (default:
+        all 1). Every column must have the same length (``ValueError`` otherwise), values
+        must fit 64 bits (``OverflowError``).
+        """
+        n = len(codec)
+        if has_digest is None:
+            has_digest = b"\x01" * n
+        lengths = {len(file_offset), len(size), len(blob_offset), len(blob_length), len(inner)}
+        if lengths != {n} or len(has_digest) != n or len(digests) != 32 * n:
+            raise ValueError("chunk columns of different lengths")
+        if n and max(codec) >= len(_CODECS):
+            raise ValueError("unknown codec code")
+        columns = [array("Q", c) for c in (file_offset, size, blob_offset, blob_length, inner)]
+        first = len(self)
+        for mine, new in zip(
+            (self._file_offset, self._size, self._blob_offset, self._blob_length, self._inner),
+            columns,
+            strict=True,
+        ):
+            mine.extend(new)
+        self._codec += codec
+        self._has_digest += has_digest
+        self._digests += digests
+        return first
 
     def chunk(self, i: int) -> Chunk:
         """Chunk ``i`` as a model object."""

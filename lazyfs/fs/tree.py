@@ -81,18 +81,21 @@ layers stay in their layer's table (they cost memory, not correctness).
 from __future__ import annotations
 
 import bisect
+import gc
 import os
 import stat
 import sys
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import accumulate, compress
+from operator import is_not, itemgetter, mul, or_
 from types import MappingProxyType
 from typing import overload
 
 from ..errors import LayerIndexError
-from ..formats.model import Entry, EntryType, LayerIndex
+from ..formats.model import EntryTable, EntryType, LayerIndex
 from .chunktable import ChunkTable
 
 __all__ = ["OVERLAY_OPAQUE_XATTR", "ROOT_INODE", "Attr", "MergedTree"]
@@ -108,7 +111,7 @@ _AUFS_PREFIX = ".wh..wh."
 
 _IFMT = stat.S_IFMT(0o777777)
 _MADE_UP_DIR_MODE = stat.S_IFDIR | 0o755
-_INVALID_NAMES = frozenset(("", ".", ".."))
+_NOT_REG_TABLE = bytes(int(k != EntryType.REG) for k in range(256))
 _NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})
 _LEAF_TYPES = {
     EntryType.REG: stat.S_IFREG,
@@ -231,10 +234,19 @@ class MergedTree:
         applied (see the module documentation). Raises :class:`LayerIndexError`, naming the
         layer and the entry, for input no merge can make sense of.
         """
-        builder = _Builder(len(layers), overlay_whiteouts=overlay_whiteouts)
-        for layer_no, index in enumerate(layers):
-            builder.apply(layer_no, index)
-        return builder.freeze(cls)
+        # The build makes a dict a directory and nothing cyclic: the collector would only
+        # walk the whole heap (the parsed TOCs too) again and again, for nothing.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            builder = _Builder(layers, overlay_whiteouts=overlay_whiteouts)
+            rows = builder.columns()
+            for layer in builder.layers:
+                builder.apply(layer)
+            return builder.freeze(cls, rows)
+        finally:
+            if enabled:
+                gc.enable()
 
     # ------------------------------------------------------------------ queries
 
@@ -398,6 +410,38 @@ class _Children(Sequence[tuple[bytes, int]]):
         return f"<{len(self)} children>"
 
 
+def _narrow(values: array) -> array:
+    """``values`` in the smallest type they fit."""
+    if not values:
+        return values
+    code = _typecode(min(values), max(values))
+    return values if code == values.typecode else array(code, values)
+
+
+def _invalid(exc: BaseException) -> str:
+    return f"invalid ({type(exc).__name__}: {exc})"
+
+
+def _first_bad(values: Sequence, typecode: str) -> int | None:
+    """The first of ``values`` an ``array`` of ``typecode`` cannot hold (its row)."""
+    for i, value in enumerate(values):
+        try:
+            array(typecode, [value])
+        except _BAD_INPUT:
+            return i
+    return None
+
+
+def _rows_of(kinds: bytes, kind: int) -> list[int]:
+    """The rows of one kind (for kinds few rows have)."""
+    out = []
+    i = kinds.find(kind)
+    while i >= 0:
+        out.append(i)
+        i = kinds.find(kind, i + 1)
+    return out
+
+
 def _typecode(lo: int, hi: int) -> str:
     """The smallest ``array`` type holding every integer from ``lo`` to ``hi``."""
     for code in "BHIQ" if lo >= 0 else "bhiq":
@@ -431,190 +475,374 @@ class _Numbering:
     links: dict[int, int] = field(default_factory=dict)
 
 
+class _Layer:
+    """One layer as the builder reads it: its table, paths as bytes, where its rows start."""
+
+    __slots__ = ("base", "bpaths", "entries", "label", "table")
+
+    def __init__(self, layer_no: int, index: LayerIndex, base: int) -> None:
+        self.label = f"#{layer_no} {getattr(index, 'blob_digest', '?')}"
+        table = getattr(index, "table", None)
+        self.entries = None
+        if table is None:
+            self.entries = index.entries
+            table = EntryTable.from_entries(self.entries, layer=self.label)
+        self.table = table
+        self.base = base
+        self.bpaths: list[bytes] = []
+
+    def error(self, row: int | None, message: str) -> LayerIndexError:
+        where = f"layer {self.label}"
+        if row is not None:
+            path = self.table.paths[row]
+            where += f": entry {path!r}"
+        return LayerIndexError(f"{where}: {message}")
+
+    def encode_paths(self) -> None:
+        """Every path as UTF-8 bytes (surrogate escapes kept), in one go when possible."""
+        paths = self.table.paths
+        try:
+            joined = "\0".join(paths)
+            if joined.count("\0") == len(paths) - 1 or not paths:
+                self.bpaths = joined.encode("utf-8", "surrogateescape").split(b"\0")
+                if not paths:
+                    self.bpaths = []
+                return
+        except (TypeError, UnicodeEncodeError):
+            pass
+        out = []
+        for i, path in enumerate(paths):
+            try:
+                out.append(path.encode("utf-8", "surrogateescape"))
+            except (AttributeError, UnicodeEncodeError):
+                raise self.error(i, f"has {path!r}, which is not valid as a name") from None
+        self.bpaths = out
+
+
+_IFMT_OF_KIND = [0] * 256
+for _kind, _ifmt in {
+    EntryType.REG: stat.S_IFREG,
+    EntryType.DIR: stat.S_IFDIR,
+    EntryType.SYMLINK: stat.S_IFLNK,
+    EntryType.HARDLINK: stat.S_IFREG,
+    EntryType.CHAR: stat.S_IFCHR,
+    EntryType.BLOCK: stat.S_IFBLK,
+    EntryType.FIFO: stat.S_IFIFO,
+}.items():
+    _IFMT_OF_KIND[_kind] = _ifmt
+_REG, _DIR, _SYMLINK, _HARDLINK, _CHAR, _BLOCK, _FIFO = (int(k) for k in EntryType)
+#: Kinds whose mode the tree uses (a symlink's is always 0777, a hardlink's is ignored).
+_MODE_KINDS = frozenset((_REG, _DIR, _CHAR, _BLOCK, _FIFO))
+_IS_REG = bytes(int(k == _REG) for k in range(256))
+_WH = WHITEOUT_PREFIX.encode()
+_OPAQUE = OPAQUE_MARKER.encode()
+_AUFS = _AUFS_PREFIX.encode()
+_INVALID_BNAMES = frozenset((b"", b".", b".."))
+
+
 class _Builder:
     """A mutable tree of numbered nodes that layers are applied to, then frozen.
 
-    Node attributes are columns indexed by node number; ``kids[n]`` is the dict of a live
-    directory's children (encoded name -> node) and None for anything else. Nodes that are
-    replaced or removed stay in the columns, unreachable; :meth:`freeze` keeps only what the
-    root reaches. ``dirs`` remembers the node of directory paths already walked (reset
-    whenever a directory leaves the tree, the root always in it).
+    The layers' rows are numbered globally (layer after layer; see :meth:`columns`) and a
+    node is the row it came from (``src``; -1 for a made-up directory) rather than copies
+    of its attributes: freezing gathers them. ``kids[n]`` is the dict of a live directory's
+    children (encoded name -> node) and None for anything else. Nodes that are replaced or
+    removed stay, unreachable; :meth:`freeze` keeps only what the root reaches. ``dirs``
+    remembers the node of directory paths (bytes) already walked (reset whenever a
+    directory leaves the tree, the root always in it).
     """
 
-    def __init__(self, layer_count: int, *, overlay_whiteouts: bool) -> None:
+    def __init__(self, layers: Sequence[LayerIndex], *, overlay_whiteouts: bool) -> None:
         self.overlay = overlay_whiteouts
-        self.tables = [ChunkTable() for _ in range(layer_count)]
-        self.mode = array("I")
-        self.uid = array("I")
-        self.gid = array("I")
-        self.size = array("Q")
-        self.mtime = array("q")
-        self.layer = array("I")
-        self.first = array("Q")
-        self.count = array("Q")
+        self.layers: list[_Layer] = []
+        base = 0
+        for layer_no, index in enumerate(layers):
+            layer = _Layer(layer_no, index, base)
+            self.layers.append(layer)
+            base += len(layer.table)
+        self.tables = [layer.table.chunks for layer in self.layers]
+        self.src = array("q")
         self.kids: list[dict[bytes, int] | None] = []
         self.targets: dict[int, bytes] = {}
         self.rdevs: dict[int, int] = {}
         self.xattrs: dict[int, dict[bytes, bytes]] = {}
+        self.synthetic: dict[int, tuple[int, int, int, int]] = {}  # overlay whiteouts
         self.opaque: set[int] = set()
-        self.root = self._new(_MADE_UP_DIR_MODE, 0, 0, 0, 0, {})
-        self.dirs: dict[str, int] = {"": self.root}
-        self.label = ""
-        self.entry: Entry | None = None
+        self.root = self._new(-1, {})
+        self.dirs: dict[bytes, int] = {b"": self.root}
+        self.layer: _Layer | None = None
+        self.row: int | None = None
+        self.hardlinks = False  # whether a node got a second name
+
+    # ------------------------------------------------------------------ all layers
+
+    def columns(self) -> dict[str, array]:
+        """Every row's attributes, layer after layer, and one last row for made-up dirs.
+
+        Checks them (a :class:`LayerIndexError` naming the first bad entry).
+        """
+        out = {
+            "mode": array("I"),
+            "uid": array("I"),
+            "gid": array("I"),
+            "size": array("Q"),
+            "mtime": array("q"),
+            "layer": array("I"),
+            "first": array("Q"),
+            "count": array("Q"),
+        }
+        for layer_no, layer in enumerate(self.layers):
+            t = layer.table
+            n = len(t)
+            if 255 in t.kinds:
+                i = t.kinds.index(255)
+                kind = layer.entries[i].type if layer.entries is not None else "?"
+                raise layer.error(i, f"has an unknown type {kind!r}")
+            self._check_modes(layer)
+            modes = list(map(or_, map(_IFMT_OF_KIND.__getitem__, t.kinds), t.modes))
+            for i in _rows_of(t.kinds, _SYMLINK):
+                modes[i] = stat.S_IFLNK | 0o777
+            sizes = t.sizes
+            if any(compress(sizes, t.kinds.translate(_NOT_REG_TABLE))):
+                sizes = list(map(mul, sizes, t.kinds.translate(_IS_REG)))
+            for key, values in (
+                ("mode", modes),
+                ("uid", t.uids),
+                ("gid", t.gids),
+                ("size", sizes),
+                ("mtime", t.mtimes),
+                ("first", t.chunk_first),
+                ("count", t.chunk_count),
+            ):
+                try:
+                    out[key].extend(array(out[key].typecode, values))
+                except _BAD_INPUT as exc:
+                    bad = _first_bad(values, out[key].typecode)
+                    raise layer.error(bad, _invalid(exc)) from None
+            out["layer"].extend(array("I", [layer_no]) * n)
+        for key, value in (("mode", _MADE_UP_DIR_MODE),):
+            out[key].append(value)
+        for key in ("uid", "gid", "size", "mtime", "layer", "first", "count"):
+            out[key].append(0)
+        return out
+
+    def _check_modes(self, layer: _Layer) -> None:
+        modes, kinds = layer.table.modes, layer.table.kinds
+        try:
+            if not modes or (min(modes) >= 0 and max(modes) <= 0o7777):
+                return
+        except TypeError:
+            pass
+        for i, (mode, kind) in enumerate(zip(modes, kinds, strict=True)):
+            if kind in _MODE_KINDS and not (type(mode) is int and 0 <= mode <= 0o7777):
+                if isinstance(mode, int):
+                    why = f"has the mode {mode!r}, not permission bits (0 to 0o7777)"
+                    raise layer.error(i, why)
+                raise layer.error(i, f"invalid (TypeError: mode {mode!r})")
+        modes = [m if k in _MODE_KINDS else 0 for m, k in zip(modes, kinds, strict=True)]
+        layer.table.modes = modes
 
     # ------------------------------------------------------------------ one layer
 
-    def apply(self, layer_no: int, index: LayerIndex) -> None:
+    def apply(self, layer: _Layer) -> None:
         """Apply one layer: its whiteouts first (unless shown), then its other entries."""
-        self.label = f"#{layer_no} {getattr(index, 'blob_digest', '?')}"
-        self.entry = None
+        self.layer = layer
+        self.row = None
+        layer.encode_paths()
+        bpaths = layer.bpaths
+        special: set[int] = set()
+        if any(_WH in p for p in bpaths):
+            special = {i for i, p in enumerate(bpaths) if _WH in p}
         try:
-            entries = index.entries
-            if not self.overlay:
-                for entry in [e for e in entries if WHITEOUT_PREFIX in e.path]:
-                    self.entry = entry
-                    self._whiteout(entry)
-            for entry in entries:
-                self.entry = entry
-                if WHITEOUT_PREFIX in entry.path:
-                    self._special(entry, layer_no)
-                else:
-                    self._add(entry, layer_no)
+            if special and not self.overlay:
+                for i in sorted(special):
+                    self.row = i
+                    self._whiteout(bpaths[i])
+            self._entries(layer, special)
         except _BAD_INPUT as exc:
-            raise self._error(f"invalid ({type(exc).__name__}: {exc})") from None
+            raise self._error(_invalid(exc)) from None
 
-    def _classify(self, path: str) -> tuple[str, str, str]:
+    def _entries(self, layer: _Layer, special: set[int]) -> None:
+        """The layer's entries in order (the common case inline, for speed)."""
+        t = layer.table
+        kinds, bpaths, base = t.kinds, layer.bpaths, layer.base
+        kids, src = self.kids, self.src
+        src_append, kids_append = src.append, kids.append
+        xattrs = t.xattrs
+        for i, bpath in enumerate(bpaths):
+            if special and i in special:
+                self.row = i
+                self._special(i, bpath)
+                continue
+            kind = kinds[i]
+            if not bpath:
+                self.row = i
+                if kind != _DIR:
+                    raise self._error("is the root, which must be a directory")
+                self._set_dir_metadata(self.root, base + i, i)
+                continue
+            parent_path, _, name = bpath.rpartition(b"/")
+            if name in _INVALID_BNAMES:
+                self.row = i
+                raise self._error("has an invalid name")
+            parent = self.dirs.get(parent_path)
+            if parent is None:
+                self.row = i
+                parent = self._make_dir(parent_path)
+            siblings = kids[parent]
+            old = siblings.get(name)  # type: ignore[union-attr]
+            if kind == _REG and not xattrs:
+                node = len(kids)
+                src_append(base + i)
+                kids_append(None)
+            elif kind == _DIR:
+                if old is not None and kids[old] is not None:
+                    self._set_dir_metadata(old, base + i, i)
+                    continue
+                node = len(kids)
+                src_append(base + i)
+                kids_append({})
+                if i in xattrs:
+                    self.row = i
+                    self._set_xattrs(node, xattrs[i])
+            elif kind == _HARDLINK:
+                self.row = i
+                node = self._link_target(t.links.get(i, ""))
+                self.hardlinks = True
+            else:
+                self.row = i
+                node = self._new_leaf(kind, i, base + i)
+            if old is not None:
+                if old == node:
+                    continue  # a hardlink to the name itself
+                self._forget(old)
+            siblings[name] = node  # type: ignore[index]
+
+    def _classify(self, path: bytes) -> tuple[str, bytes, bytes]:
         """``(kind, parent, name)`` of a path holding ``.wh.``.
 
         ``kind`` is ``"entry"`` (an ordinary name that merely contains it), ``"whiteout"``
         (``name`` is what it removes), ``"opaque"`` or ``"aufs"`` (skipped).
         """
-        parent, _, name = path.rpartition("/")
-        if WHITEOUT_PREFIX in parent:
-            for part in parent.split("/"):
-                if part.startswith(_AUFS_PREFIX):
+        parent, _, name = path.rpartition(b"/")
+        if _WH in parent:
+            for part in parent.split(b"/"):
+                if part.startswith(_AUFS):
                     return "aufs", parent, name
-                if part.startswith(WHITEOUT_PREFIX):
-                    raise self._error(f"is under the whiteout {part!r}")
-        if name == OPAQUE_MARKER:
+                if part.startswith(_WH):
+                    shown = part.decode("utf-8", "surrogateescape")
+                    raise self._error(f"is under the whiteout {shown!r}")
+        if name == _OPAQUE:
             return "opaque", parent, name
-        if name.startswith(_AUFS_PREFIX):
+        if name.startswith(_AUFS):
             return "aufs", parent, name
-        if name.startswith(WHITEOUT_PREFIX):
-            target = name[len(WHITEOUT_PREFIX) :]
-            if target in _INVALID_NAMES:
-                raise self._error(f"is a whiteout of {target!r}, which cannot be a name")
+        if name.startswith(_WH):
+            target = name[len(_WH) :]
+            if target in _INVALID_BNAMES:
+                shown = target.decode("utf-8", "surrogateescape")
+                raise self._error(f"is a whiteout of {shown!r}, which cannot be a name")
             return "whiteout", parent, target
         return "entry", parent, name
 
-    def _whiteout(self, entry: Entry) -> None:
+    def _whiteout(self, path: bytes) -> None:
         """Apply a whiteout to the tree the lower layers left (no-op for other entries)."""
-        kind, parent, name = self._classify(entry.path)
+        kind, parent, name = self._classify(path)
         if kind == "whiteout":
             directory = self._find_dir(parent)
             if directory is not None:
-                node = self._entries(directory).pop(self._encode(name), None)
+                node = self._kids(directory).pop(name, None)
                 if node is not None:
                     self._forget(node)
         elif kind == "opaque":
             directory = self._find_dir(parent)
             if directory is not None:
-                kids = self._entries(directory)
+                kids = self._kids(directory)
                 for node in kids.values():
                     self._forget(node)
                 kids.clear()
 
-    def _special(self, entry: Entry, layer_no: int) -> None:
+    def _special(self, i: int, path: bytes) -> None:
         """An entry whose path holds ``.wh.``, in the entry pass."""
-        kind, parent, name = self._classify(entry.path)
+        kind, parent, name = self._classify(path)
         if kind == "entry":
-            self._add(entry, layer_no)
+            self._add(i, path)
         elif not self.overlay or kind == "aufs":
             return  # applied before the entries, or skipped
         elif kind == "opaque":
             self.opaque.add(self._make_dir(parent))
         else:
-            node = self._new(stat.S_IFCHR, entry.uid, entry.gid, 0, entry.mtime_ns, None)
+            t = self.layer.table  # type: ignore[union-attr]
+            node = self._new(-1, None)
+            self.synthetic[node] = (stat.S_IFCHR, t.uids[i], t.gids[i], t.mtimes[i])
             self._place(self._make_dir(parent), name, node)
 
-    def _add(self, entry: Entry, layer_no: int) -> None:
-        """Add, replace or merge the node at ``entry.path``."""
-        path = entry.path
+    def _add(self, i: int, path: bytes) -> None:
+        """Add, replace or merge the node at ``path`` (row ``i``): the general case."""
+        layer = self.layer
+        assert layer is not None
+        t = layer.table
+        kind = t.kinds[i]
         if not path:
-            if entry.type != EntryType.DIR:
+            if kind != _DIR:
                 raise self._error("is the root, which must be a directory")
-            self._set_dir_metadata(self.root, entry)
+            self._set_dir_metadata(self.root, layer.base + i, i)
             return
-        parent_path, _, name = path.rpartition("/")
-        if name in _INVALID_NAMES:
+        parent_path, _, name = path.rpartition(b"/")
+        if name in _INVALID_BNAMES:
             raise self._error("has an invalid name")
         parent = self.dirs.get(parent_path)
         if parent is None:
             parent = self._make_dir(parent_path)
-        kind = entry.type
-        if kind == EntryType.DIR:
-            old = self._entries(parent).get(self._encode(name))
+        if kind == _DIR:
+            old = self._kids(parent).get(name)
             if old is not None and self.kids[old] is not None:
-                self._set_dir_metadata(old, entry)
+                self._set_dir_metadata(old, layer.base + i, i)
                 return
-            self._check_mode(entry.mode)
-            node = self._new(stat.S_IFDIR | entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns, {})
-            self._set_xattrs(node, entry.xattrs)
-        elif kind == EntryType.HARDLINK:
-            node = self._link_target(entry.link)
+            node = self._new(layer.base + i, {})
+            self._set_xattrs(node, t.xattrs.get(i))
+        elif kind == _HARDLINK:
+            node = self._link_target(t.links.get(i, ""))
+            self.hardlinks = True
         else:
-            node = self._new_leaf(entry, layer_no)
+            node = self._new_leaf(kind, i, layer.base + i)
         self._place(parent, name, node)
 
-    def _place(self, parent: int, name: str, node: int) -> None:
+    def _place(self, parent: int, name: bytes, node: int) -> None:
         """Make ``name`` in directory ``parent`` refer to ``node``, forgetting what it did."""
-        kids = self._entries(parent)
-        key = self._encode(name)
-        old = kids.get(key)
+        kids = self._kids(parent)
+        old = kids.get(name)
         if old == node:
             return  # a hardlink to the name itself
         if old is not None:
             self._forget(old)
-        kids[key] = node
+        kids[name] = node
 
-    def _new_leaf(self, entry: Entry, layer_no: int) -> int:
-        """A new node for a regular file, symlink, device or fifo entry."""
-        kind = entry.type
-        ifmt = _LEAF_TYPES.get(kind)
-        if ifmt is None:
-            raise self._error(f"has an unknown type {kind!r}")
-        if kind == EntryType.REG:
-            self._check_mode(entry.mode)
-            layer = first = count = 0
-            if entry.chunks:
-                layer = layer_no
-                first, count = self.tables[layer_no].add_file(entry.chunks)
-            mode, size = stat.S_IFREG | entry.mode, entry.size
-            node = self._new(
-                mode, entry.uid, entry.gid, size, entry.mtime_ns, None, layer, first, count
-            )
-        elif kind == EntryType.SYMLINK:
-            target = self._encode(entry.link)
+    def _new_leaf(self, kind: int, i: int, row: int) -> int:
+        """A new node for a regular file, symlink, device or fifo entry (row ``i``)."""
+        t = self.layer.table  # type: ignore[union-attr]
+        if kind == _SYMLINK:
+            link = t.links.get(i, "")
+            target = self._encode(link)
             if not target or b"\0" in target:
-                raise self._error(f"is a symlink to {entry.link!r}, which cannot be a target")
-            mode, size = stat.S_IFLNK | 0o777, len(target)
-            node = self._new(mode, entry.uid, entry.gid, size, entry.mtime_ns, None)
+                raise self._error(f"is a symlink to {link!r}, which cannot be a target")
+            node = self._new(row, None)
             self.targets[node] = target
+        elif kind in (_REG, _CHAR, _BLOCK, _FIFO):
+            node = self._new(row, None)
+            if kind in (_CHAR, _BLOCK):
+                self._set_rdev(node, *t.devs.get(i, (0, 0)))
         else:
-            self._check_mode(entry.mode)
-            node = self._new(ifmt | entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns, None)
-            if kind != EntryType.FIFO:
-                self._set_rdev(node, entry.dev_major, entry.dev_minor)
-        self._set_xattrs(node, entry.xattrs)
+            raise self._error(f"has an unknown type {kind!r}")
+        self._set_xattrs(node, t.xattrs.get(i))
         return node
 
     def _link_target(self, link: str) -> int:
         """The node a hardlink to ``link`` names, as the tree is now."""
         if not link:
             raise self._error("is a hardlink to the root directory")
-        parent_path, _, name = link.rpartition("/")
+        parent_path, _, name = self._encode(link).rpartition(b"/")
         parent = self._find_dir(parent_path)
-        node = None if parent is None else self._entries(parent).get(self._encode(name))
+        node = None if parent is None else self._kids(parent).get(name)
         if node is None:
             raise self._error(f"is a hardlink to {link!r}, which is not in the tree at that point")
         if self.kids[node] is not None:
@@ -623,45 +851,27 @@ class _Builder:
 
     # ------------------------------------------------------------------ the node tree
 
-    def _new(
-        self,
-        mode: int,
-        uid: int,
-        gid: int,
-        size: int,
-        mtime_ns: int,
-        kids: dict[bytes, int] | None,
-        layer: int = 0,
-        first: int = 0,
-        count: int = 0,
-    ) -> int:
-        """A new node (a directory when ``kids`` is a dict); returns its number.
+    def _new(self, row: int, kids: dict[bytes, int] | None) -> int:
+        """A new node from global row ``row`` (-1: a made-up directory); returns its number.
 
-        ``layer``, ``first`` and ``count``: a regular file's chunks.
+        A directory when ``kids`` is a dict.
         """
         node = len(self.kids)
-        self.mode.append(mode)
-        self.uid.append(uid)
-        self.gid.append(gid)
-        self.size.append(size)
-        self.mtime.append(mtime_ns)
-        self.layer.append(layer)
-        self.first.append(first)
-        self.count.append(count)
+        self.src.append(row)
         self.kids.append(kids)
         return node
 
-    def _entries(self, directory: int) -> dict[bytes, int]:
+    def _kids(self, directory: int) -> dict[bytes, int]:
         """The children of a directory node in the tree."""
         kids = self.kids[directory]
         assert kids is not None, "not a directory"
         return kids
 
-    def _find_dir(self, path: str) -> int | None:
+    def _find_dir(self, path: bytes) -> int | None:
         """The directory node at ``path``, or None; symlinks are not followed."""
         return self._walk(path, create=False)
 
-    def _make_dir(self, path: str) -> int:
+    def _make_dir(self, path: bytes) -> int:
         """The directory node at ``path``, made if need be.
 
         Missing directories and non-directories in the way (symlinks included: they are
@@ -671,7 +881,7 @@ class _Builder:
         assert node is not None
         return node
 
-    def _walk(self, path: str, *, create: bool) -> int | None:
+    def _walk(self, path: bytes, *, create: bool) -> int | None:
         """:meth:`_find_dir` or, with ``create``, :meth:`_make_dir`."""
         node = self.dirs.get(path)
         if node is not None:
@@ -679,30 +889,29 @@ class _Builder:
         missing = []
         known = path
         while node is None:
-            known, _, name = known.rpartition("/")
+            known, _, name = known.rpartition(b"/")
             missing.append(name)
             node = self.dirs.get(known)
         for name in reversed(missing):
             node = self._subdir(node, name, create=create)
             if node is None:
                 return None
-            known = f"{known}/{name}" if known else name
+            known = known + b"/" + name if known else name
             self.dirs[known] = node
         return node
 
-    def _subdir(self, parent: int, name: str, *, create: bool) -> int | None:
+    def _subdir(self, parent: int, name: bytes, *, create: bool) -> int | None:
         """The directory ``name`` in directory ``parent`` (see :meth:`_walk`)."""
-        kids = self._entries(parent)
-        key = self._encode(name)
-        node = kids.get(key)
+        kids = self._kids(parent)
+        node = kids.get(name)
         if node is not None and self.kids[node] is not None:
             return node
         if not create:
             return None
-        if name in _INVALID_NAMES:
+        if name in _INVALID_BNAMES:
             raise self._error("has an invalid path component")
-        directory = self._new(_MADE_UP_DIR_MODE, 0, 0, 0, 0, {})
-        kids[key] = directory
+        directory = self._new(-1, {})
+        kids[name] = directory
         return directory  # what was in the way is a non-directory: nothing to forget
 
     def _forget(self, node: int) -> None:
@@ -716,19 +925,15 @@ class _Builder:
             if kids is not None:  # a directory (the others have no children to drop)
                 stack.extend(kids.values())
                 self.kids[n] = None
-        self.dirs = {"": self.root}
+        self.dirs = {b"": self.root}
 
-    def _set_dir_metadata(self, node: int, entry: Entry) -> None:
+    def _set_dir_metadata(self, node: int, row: int, i: int) -> None:
         """A directory entry over a directory: its metadata wins, the children stay."""
-        self._check_mode(entry.mode)
-        self.mode[node] = stat.S_IFDIR | entry.mode
-        self.uid[node] = entry.uid
-        self.gid[node] = entry.gid
-        self.mtime[node] = entry.mtime_ns
+        self.src[node] = row
         self.xattrs.pop(node, None)
-        self._set_xattrs(node, entry.xattrs)
+        self._set_xattrs(node, self.layer.table.xattrs.get(i))  # type: ignore[union-attr]
 
-    def _set_xattrs(self, node: int, xattrs: Mapping[str, bytes]) -> None:
+    def _set_xattrs(self, node: int, xattrs: Mapping[str, bytes] | None) -> None:
         if not xattrs:
             return
         out = {}
@@ -746,59 +951,67 @@ class _Builder:
         if rdev:
             self.rdevs[node] = rdev
 
-    def _check_mode(self, mode: int) -> None:
-        if not 0 <= mode <= 0o7777:
-            raise self._error(f"has the mode {mode!r}, not permission bits (0 to 0o7777)")
-
     def _encode(self, text: str) -> bytes:
         try:
             return text.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
+        except (AttributeError, UnicodeEncodeError):
             raise self._error(f"has {text!r}, which is not valid as a name") from None
 
     def _error(self, message: str) -> LayerIndexError:
-        where = f"layer {self.label}"
-        if self.entry is not None:
-            where += f": entry {getattr(self.entry, 'path', '?')!r}"
-        return LayerIndexError(f"{where}: {message}")
+        if self.layer is None:
+            return LayerIndexError(message)
+        return self.layer.error(self.row, message)
 
     # ------------------------------------------------------------------ freezing
 
-    def freeze(self, cls: type[MergedTree]) -> MergedTree:
+    def freeze(self, cls: type[MergedTree], rows: dict[str, array]) -> MergedTree:
         """Number the live nodes breadth first and pack everything into a ``cls``."""
         n = self._number()
-        order = n.order
+        srcs = list(map(self.src.__getitem__, n.order))
+        srcs[0] = -1  # row 0 of the columns is unused
+        gather = itemgetter(*srcs)  # one C loop a column (there are always 2 rows or more)
 
         def column(values: array) -> array:
-            """``values`` (by node) by inode, in the smallest type the values fit."""
-            code = _typecode(min(values), max(values))
-            return array(code, map(values.__getitem__, order))
+            """``values`` (by row) by inode, in the smallest type all rows fit."""
+            return array(_typecode(min(values), max(values)), gather(values))
 
-        start, count = self.first, self.count  # a file's chunks; a directory's names, a
-        for ino, first, names in n.dirs:  # symlink's target bytes overwrite them below
-            start[order[ino]], count[order[ino]] = first, names
+        mode = array("H", gather(rows["mode"]))  # st_mode always fits 16 bits
+        size, start, count = (
+            array(rows[k].typecode, gather(rows[k])) for k in ("size", "first", "count")
+        )
+        uid, gid, mtime = column(rows["uid"]), column(rows["gid"]), column(rows["mtime"])
+        if self.synthetic:
+            uid, gid, mtime = array("I", uid), array("I", gid), array("q", mtime)
+            for node, (m, u, g, t) in self.synthetic.items():
+                if ino := n.ino_of[node]:
+                    mode[ino], uid[ino], gid[ino], mtime[ino] = m, u, g, t
+                    size[ino] = start[ino] = count[ino] = 0
+            uid, gid, mtime = (array(_typecode(min(a), max(a)), a) for a in (uid, gid, mtime))
+        for ino, first, names in n.dirs:  # a directory's names, a symlink's target bytes
+            start[ino], count[ino] = first, names
         targets = bytearray()
         for node, target in sorted(self.targets.items(), key=lambda item: n.ino_of[item[0]]):
-            if n.ino_of[node]:
-                start[node], count[node] = len(targets), len(target)
+            if ino := n.ino_of[node]:
+                start[ino], count[ino] = len(targets), len(target)
+                size[ino] = len(target)
                 targets += target
-        nlink = array("I", [1]) * len(order)
+        nlink = array("I", [1]) * len(n.order)
         for ino, links in n.links.items():
             nlink[ino] = links
         for ino, subdirs in n.subdirs.items():
             nlink[ino] = 2 + subdirs
         columns = {
-            "mode": column(self.mode),
-            "uid": column(self.uid),
-            "gid": column(self.gid),
-            "size": column(self.size),
-            "mtime": column(self.mtime),
+            "mode": mode,
+            "uid": uid,
+            "gid": gid,
+            "size": _narrow(size),
+            "mtime": mtime,
             "nlink": array(_typecode(1, max(nlink)), nlink),
             "parent": n.parent,
             "first_name": n.first_name,
-            "start": column(start),
-            "count": column(count),
-            "layer": column(self.layer),
+            "start": _narrow(start),
+            "count": _narrow(count),
+            "layer": column(rows["layer"]),
         }
         name_bytes = sum(map(len, n.names))
         return cls(
@@ -813,12 +1026,52 @@ class _Builder:
         )
 
     def _number(self) -> _Numbering:
-        """Walk the live tree breadth first, each directory's names in byte order."""
+        """Walk the live tree breadth first, each directory's names in byte order.
+
+        Without hardlinks every node has one name, and each directory's children are
+        numbered in bulk; with them, one by one (a node may already have its inode).
+        """
         kids_of = self.kids
         self.kids = []
         n = _Numbering(ino_of=array("I", bytes(4 * len(kids_of))))
         n.ino_of[self.root] = ROOT_INODE
         n.order[ROOT_INODE] = self.root
+        if self.hardlinks:
+            self._number_one_by_one(kids_of, n)
+            return n
+        order, names, parent = n.order, n.names, n.parent
+        first_name, name_ino = n.first_name, n.name_ino
+        dirs = [ROOT_INODE]  # directory inodes, in inode order
+        not_none = partial(is_not, None)
+        for ino in dirs:
+            kids = kids_of[order[ino]]
+            kids_of[order[ino]] = None  # done with it
+            count = len(kids)  # type: ignore[arg-type]
+            n.dirs.append((ino, len(names), count))
+            n.subdirs[ino] = 0
+            if not count:
+                continue
+            items = sorted(kids.items())  # type: ignore[union-attr]
+            nodes = list(map(itemgetter(1), items))
+            base = len(order)
+            order.extend(nodes)
+            parent.extend(array("I", [ino]) * count)
+            first_name.extend(range(len(names), len(names) + count))
+            name_ino.extend(range(base, base + count))
+            names.extend(map(itemgetter(0), items))
+            subdirs = list(
+                compress(range(base, base + count), map(not_none, map(kids_of.__getitem__, nodes)))
+            )
+            n.subdirs[ino] = len(subdirs)
+            dirs.extend(subdirs)
+        ino_of = n.ino_of
+        for ino, node in enumerate(order):
+            ino_of[node] = ino
+        ino_of[self.root] = ROOT_INODE
+        return n
+
+    def _number_one_by_one(self, kids_of: list, n: _Numbering) -> None:
+        """:meth:`_number` for a tree with hardlinks."""
         order_append, parent_append = n.order.append, n.parent.append
         first_name_append, names_append = n.first_name.append, n.names.append
         name_ino_append = n.name_ino.append
@@ -846,7 +1099,6 @@ class _Builder:
                 n.subdirs[ino] = subdirs
                 kids_of[order[ino]] = None  # done with it
             ino += 1
-        return n
 
     def _frozen_xattrs(self, ino_of: array) -> dict[int, Mapping[bytes, bytes]]:
         """The live nodes' xattrs by inode, overlayfs opaque markers added."""
