@@ -12,9 +12,9 @@ import argparse
 import json
 import logging
 import os
+import select
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -219,8 +219,6 @@ def mount_options(args: argparse.Namespace):
 
 
 async def cmd_mount(args: argparse.Namespace) -> int:
-    if args.daemon:
-        return await _mount_in_background(args)
     from .control import serve_control
     from .fs.image import open_image
     from .fuse import mount_image
@@ -273,47 +271,64 @@ def _cancel(nursery: trio.Nursery) -> dict:
     return {"unmounting": True}
 
 
-async def _mount_in_background(args: argparse.Namespace) -> int:
-    """Start the mount as a detached daemon and return once it is ready (or failed)."""
-    await _start_daemon(args, "mount")
-    print(f"{args.mountpoint}: mounted (daemon pid {args.daemon_pid}, log {args.daemon_log})")
-    return 0
+def _daemonize(args: argparse.Namespace) -> int:
+    """Serve ``args``' mounts from a detached child process; return once they are ready.
 
-
-async def _start_daemon(args: argparse.Namespace, command: str) -> None:
-    """Run this command line again, without ``--daemon``, as a detached process that
-    reports on a pipe once it serves its mounts; return then, or raise its error."""
-    argv = [a for a in sys.argv[1:] if a not in ("--daemon", "--foreground")]
-    at = argv.index(command) + 1  # global options may come before the command
-    argv[at:at] = ["--ready-fd", "{fd}", *(["--foreground"] if command == "bundle" else [])]
-    read_fd, write_fd = os.pipe()
+    The child is forked before trio starts (one thread: safe to fork), so it pays neither
+    a second interpreter start nor the imports again. It runs the command in the
+    foreground with ``ready_fd`` set, which reports ``ok`` or ``error: ...`` on a pipe;
+    its output goes to ``CACHE/logs/mount.log``.
+    """
     log_path = (args.cache_dir or mount_options(args).cache_dir) / "logs" / "mount.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "lazyfs", *(str(write_fd) if a == "{fd}" else a for a in argv)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-        )
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        code = 1
+        try:
+            os.close(read_fd)
+            os.setsid()
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            os.close(null)
+            os.close(log_fd)
+            args.daemon = False
+            args.ready_fd = write_fd
+            code = _run(args)
+        finally:
+            os._exit(code)
     os.close(write_fd)
     answer = b""
-    with trio.move_on_after(600):
-        while not answer.endswith(b"\n"):
-            piece = await trio.to_thread.run_sync(os.read, read_fd, 4096)
+    deadline = time.monotonic() + 600
+    while not answer.endswith(b"\n") and time.monotonic() < deadline:
+        ready, _, _ = select.select([read_fd], [], [], 1.0)
+        if ready:
+            piece = os.read(read_fd, 4096)
             if not piece:
                 break
             answer += piece
     os.close(read_fd)
     text = answer.decode(errors="replace").strip()
     if text == "ok":
-        args.daemon_pid, args.daemon_log = process.pid, log_path
-        return
-    if process.returncode is None:
-        process.kill()
-    raise LazyfsError(text.removeprefix("error: ") or f"the mount daemon failed; see {log_path}")
+        if args.command == "bundle":
+            print(
+                f"{args.directory}: bundle ready, rootfs mounted (daemon pid {pid}, log "
+                f"{log_path}); stop it with: lazyfs umount {args.directory}/rootfs"
+            )
+        else:
+            print(f"{args.mountpoint}: mounted (daemon pid {pid}, log {log_path})")
+        return 0
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    message = text.removeprefix("error: ") or f"the mount daemon failed; see {log_path}"
+    raise LazyfsError(message)
 
 
 async def cmd_umount(args: argparse.Namespace) -> int:
@@ -516,13 +531,6 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def cmd_bundle(args: argparse.Namespace) -> int:
-    if args.daemon:
-        await _start_daemon(args, "bundle")
-        print(
-            f"{args.directory}: bundle ready; rootfs mounted (daemon pid {args.daemon_pid}, "
-            f"log {args.daemon_log}); stop it with: lazyfs umount {args.directory}/rootfs"
-        )
-        return 0
     from .oci.store import open_store
     from .runtime.bundle import serve_bundle
 
@@ -687,8 +695,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    if getattr(args, "daemon", False):
+        return _guarded(args, lambda: _daemonize(args))
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names, with lazyfs's error handling."""
     args.started = time.monotonic()
-    try:
+
+    def run() -> int:
         if getattr(args, "root_needed", None):
             _require_root(args.root_needed)
         if getattr(args, "private_mounts", False):
@@ -697,6 +713,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             enter_private_mount_namespace()
         return trio.run(args.func, args)
+
+    return _guarded(args, run)
+
+
+def _guarded(args: argparse.Namespace, work) -> int:
+    """``work()``, with expected errors as one line on stderr and exit status 1."""
+    try:
+        return work()
     except LazyfsError as exc:
         if args.debug:
             raise
