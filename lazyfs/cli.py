@@ -671,6 +671,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_mount_options(p)
     p.set_defaults(func=cmd_bundle, root_needed="lazyfs bundle")
 
+    from ._layerd_args import add_parser as add_layerd
+
+    add_layerd(sub)
+
     p = sub.add_parser("umount", help="unmount a lazyfs mount (also one whose daemon died)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     p.set_defaults(func=cmd_umount)
