@@ -672,8 +672,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bundle, root_needed="lazyfs bundle")
 
     from ._layerd_args import add_parser as add_layerd
+    from .snapshotter.cli import add_parser as add_snapshotter
 
     add_layerd(sub)
+    add_snapshotter(sub)
 
     p = sub.add_parser("umount", help="unmount a lazyfs mount (also one whose daemon died)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
