@@ -406,12 +406,17 @@ def test_stop_signals_are_forwarded(state, busybox, signum, code):
 
 def test_ctrl_c_ends_a_container_that_ignores_it(state, busybox):
     # sleep as PID 1 has no SIGINT handler, so the kernel drops the forwarded signal; lazyfs
-    # kills the container after --stop-timeout and cleans up (checked by the fixture).
-    process = _start(
-        state, busybox, "sh", "-c", "echo ready; exec sleep 60", options=("--stop-timeout", "1")
-    )
+    # kills the container after --stop-timeout and cleans up (checked by the fixture). sleep
+    # is the container's command itself (a shell first might catch the signal), found by
+    # its unusual argument.
+    seconds = str(6000 + int(uuid.uuid4().int % 1000))
+    process = _start(state, busybox, "sleep", seconds, options=("--stop-timeout", "1"))
     try:
-        _wait_for_line(process, "ready")
+        deadline = time.monotonic() + 30
+        command = f"sleep\0{seconds}\0"  # the container's PID 1 exactly (not lazyfs itself)
+        while not _processes_with(command, exact=True) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes_with(command, exact=True), "the container did not start"
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 137
@@ -478,16 +483,18 @@ def test_kill_9_of_lazyfs_takes_the_container_down(state, busybox):
     # lazyfs serves the container's root filesystem; killed, it cannot clean up, but the
     # container must not live on without it, and its mounts die with its mount namespace.
     marker = f"lazyfs-orphan-{uuid.uuid4().hex[:8]}"
-    process = _start(state, busybox, "sh", "-c", f"echo ready; sleep 600; echo {marker}")
+    script = f"echo ready; sleep 600; echo {marker}"
+    pid_1 = f"sh\0-c\0{script}\0"  # the container's command line (not lazyfs's)
+    process = _start(state, busybox, "sh", "-c", script)
     try:
         _wait_for_line(process, "ready")
-        assert _processes_with(marker), "the container is not running"
+        assert _processes_with(pid_1, exact=True), "the container is not running"
         process.kill()
         process.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _processes_with(marker):
+        while time.monotonic() < deadline and _processes_with(pid_1, exact=True):
             time.sleep(0.1)
-        assert _processes_with(marker) == [], "the container outlived lazyfs"
+        assert _processes_with(pid_1, exact=True) == [], "the container outlived lazyfs"
     finally:
         if process.poll() is None:
             process.kill()
@@ -497,12 +504,14 @@ def test_kill_9_of_lazyfs_takes_the_container_down(state, busybox):
         subprocess.run(["rm", "-rf", "--one-file-system", str(leftover)], check=True)
 
 
-def _processes_with(text: str) -> list[int]:
+def _processes_with(text: str, *, exact: bool = False) -> list[int]:
+    """Pids whose command line contains ``text`` (or is exactly ``text``, NULs included)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if text.encode() in (entry / "cmdline").read_bytes():
+                cmdline = (entry / "cmdline").read_bytes()
+                if (cmdline == text.encode()) if exact else (text.encode() in cmdline):
                     found.append(int(entry.name))
             except OSError:
                 pass

@@ -73,6 +73,7 @@ log = logging.getLogger("lazyfs.run")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Signals only passed on.
 FORWARDED_SIGNALS = (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+HANDLED_SIGNALS = (*STOP_SIGNALS, *FORWARDED_SIGNALS, signal.SIGWINCH)
 #: Exit status for a failure of lazyfs itself before the command ran (docker's).
 SETUP_FAILED = 125
 
@@ -254,23 +255,22 @@ class _Container:
 
     # ------------------------------------------------------------------ running
 
-    async def forward_signals(self) -> None:
-        signals = (*STOP_SIGNALS, *FORWARDED_SIGNALS, signal.SIGWINCH)
-        with trio.open_signal_receiver(*signals) as received:
-            stopping = False
-            async with trio.open_nursery() as nursery:
-                async for signum in received:
-                    if signum == signal.SIGWINCH:
-                        if self.pty is not None:
-                            terminal.copy_window_size(0, self.pty.master)
-                        continue
-                    self._signal_container(signum)
-                    if signum in STOP_SIGNALS:
-                        if stopping:
-                            self._kill()
-                        else:
-                            stopping = True
-                            nursery.start_soon(self._kill_after_timeout)
+    async def forward_signals(self, received) -> None:
+        """Pass the signals of ``received`` (a trio signal receiver) on to the container."""
+        stopping = False
+        async with trio.open_nursery() as nursery:
+            async for signum in received:
+                if signum == signal.SIGWINCH:
+                    if self.pty is not None:
+                        terminal.copy_window_size(0, self.pty.master)
+                    continue
+                self._signal_container(signum)
+                if signum in STOP_SIGNALS:
+                    if stopping:
+                        self._kill()
+                    else:
+                        stopping = True
+                        nursery.start_soon(self._kill_after_timeout)
 
     def _signal_container(self, signum: int) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -357,8 +357,10 @@ async def run_container(
                         container.pty = terminal.open_pty(0 if os.isatty(0) else None)
                     spec = container.init_spec(user, env, volumes, cgroup)
                     mark = time.monotonic()
-                    await container.start(spec)
-                    exit_code = await _supervise(container, nursery, timings, mark)
+                    # From the container's start on, stop signals are the container's.
+                    with trio.open_signal_receiver(*HANDLED_SIGNALS) as received:
+                        await container.start(spec)
+                        exit_code = await _supervise(container, nursery, timings, mark, received)
                     if container.error is not None:
                         print(f"lazyfs: error: {container.error['error']}", file=sys.stderr)
                         exit_code = int(container.error.get("code", SETUP_FAILED))
@@ -392,12 +394,16 @@ async def run_container(
 
 
 async def _supervise(
-    container: _Container, nursery: trio.Nursery, timings: dict[str, float], mark: float
+    container: _Container,
+    nursery: trio.Nursery,
+    timings: dict[str, float],
+    mark: float,
+    received,
 ) -> int:
     """Run until the container's init exits; relay the terminal and signals meanwhile."""
     async with trio.open_nursery() as inner:
         inner.start_soon(container.read_status)
-        inner.start_soon(container.forward_signals)
+        inner.start_soon(container.forward_signals, received)
         if container.pty is not None:
             if container.options.interactive:
                 inner.start_soon(terminal.pump, 0, container.pty.master)
