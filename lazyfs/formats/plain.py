@@ -89,7 +89,7 @@ def index_tar_file(path: Path, *, layer: str, blob_digest: Digest, blob_size: in
                     raise LayerIndexError(
                         f"layer {layer}: {what} has the unsupported tar type {info.type!r}"
                     )
-                path_ = normalize_path(info.name, layer=layer, what=what)
+                path_ = normalize_path(info.name, layer=layer)  # the message names the entry
                 link = info.linkname
                 if kind == EntryType.HARDLINK:
                     link = normalize_path(link, layer=layer, what=f"hardlink target of {what}")
