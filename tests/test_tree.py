@@ -532,6 +532,20 @@ def test_overlay_whiteouts_are_shown_not_applied(make):
     assert dict(b.tree.xattrs(b.ino("e"))) == {}
 
 
+@pytest.mark.parametrize("whiteout_first", [True, False])
+def test_overlay_form_of_a_name_whited_out_and_made_a_directory(make, whiteout_first):
+    # The layer deletes what lower layers had at x, then makes x a new directory: as an
+    # overlayfs lower dir that is an opaque directory (no whiteout can sit next to it).
+    entries = [Entry(".wh.x"), Entry("x", "dir"), Entry("x/new")]
+    b = make(entries if whiteout_first else entries[1:] + entries[:1], overlay_whiteouts=True)
+    assert sorted(b.paths()) == ["", "x", "x/new"]
+    assert stat.S_ISDIR(b.attr("x").mode)
+    assert dict(b.tree.xattrs(b.ino("x"))) == {b"trusted.overlay.opaque": b"y"}
+    # A whiteout of a name that stays a whiteout is not made opaque anything.
+    plain = make([Entry(".wh.y"), Entry("z", "dir")], overlay_whiteouts=True)
+    assert dict(plain.tree.xattrs(plain.ino("z"))) == {}
+
+
 # ---------------------------------------------------------------- chunks and errors
 
 

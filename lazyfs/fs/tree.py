@@ -659,6 +659,8 @@ class _Builder:
                     self.row = i
                     self._whiteout(bpaths[i])
             self._entries(layer, special)
+            if special and self.overlay:
+                self._opaque_replacements(special)
         except _BAD_INPUT as exc:
             raise self._error(_invalid(exc)) from None
 
@@ -771,10 +773,28 @@ class _Builder:
         elif kind == "opaque":
             self.opaque.add(self._make_dir(parent))
         else:
+            directory = self._make_dir(parent)
+            existing = self._kids(directory).get(name)
+            if existing is not None and self.kids[existing] is not None:
+                return  # a directory of this layer replaces it: opaque (see below)
             t = self.layer.table  # type: ignore[union-attr]
             node = self._new(-1, None)
             self.synthetic[node] = (stat.S_IFCHR, t.uids[i], t.gids[i], t.mtimes[i])
-            self._place(self._make_dir(parent), name, node)
+            self._place(directory, name, node)
+
+    def _opaque_replacements(self, special: set[int]) -> None:
+        """Overlay form: a layer that whites a name out and makes a directory of it hides
+        what lower layers had there, so that directory is opaque (overlayfs keeps no
+        whiteout next to a directory of the same name)."""
+        bpaths = self.layer.bpaths  # type: ignore[union-attr]
+        for i in special:
+            kind, parent, name = self._classify(bpaths[i])
+            if kind != "whiteout":
+                continue
+            directory = self._find_dir(parent)
+            node = None if directory is None else self._kids(directory).get(name)
+            if node is not None and self.kids[node] is not None and node not in self.synthetic:
+                self.opaque.add(node)
 
     def _add(self, i: int, path: bytes) -> None:
         """Add, replace or merge the node at ``path`` (row ``i``): the general case."""
