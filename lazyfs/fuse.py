@@ -6,7 +6,16 @@ read that cannot be served (the fetcher gave up after its bounded retries, or co
 failed verification) is ``EIO``, and every write is ``EROFS``.
 
 The image never changes while mounted, so the kernel is told to keep entries, attributes
-and pages cached for as long as it likes (long timeouts, ``keep_cache``).
+and pages cached for as long as it likes (long timeouts, ``keep_cache``). A re-read of cached
+pages never reaches this process; its speed is the kernel's alone. (On Linux 6.18 the page
+cache of a FUSE file is made of 4 KiB pages, where ext4 uses folios of up to 2 MiB, and
+copying page by page makes such re-reads slower than ext4's; nothing a pyfuse3 daemon can
+set changes that.)
+
+Sequential reads are detected per open file (a read that starts near where the handle's
+reads have got to) and flagged to the fetcher, whose background work (read-ahead and
+write-behind, :meth:`ChunkFetcher.run <lazyfs.fs.fetcher.ChunkFetcher.run>`) runs for as
+long as the mount.
 """
 
 from __future__ import annotations
@@ -32,6 +41,11 @@ log = logging.getLogger("lazyfs.fuse")
 #: How long the kernel may cache entries and attributes (the image is immutable).
 CACHE_TIMEOUT = 24 * 3600.0
 BLOCK_SIZE = 4096
+#: A read starting within this distance, or twice its own size, of where the file handle's
+#: reads have got to continues them (the kernel sends a sequential reader's reads a few at a
+#: time, and they may arrive out of order). Small, so that random reads are not taken for
+#: sequential ones: each such read would start read-ahead.
+SEQUENTIAL_SLACK = 256 * 1024
 
 #: ``allow_other`` + ``default_permissions``: any uid (a container's) may use the mount and
 #: the kernel enforces the image's modes; ``ro``; ``nodev`` is not set because images carry
@@ -138,13 +152,15 @@ class LazyOperations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         handle = self._handles[fh]
         inode, last_end = handle
+        sequential = off > 0 and abs(off - last_end) <= max(SEQUENTIAL_SLACK, 2 * size)
         try:
-            data = await self.image.read(inode, off, size, sequential=off == last_end and off > 0)
+            data = await self.image.read(inode, off, size, sequential=sequential)
         except LazyfsError as exc:
             # Counted per layer in the fetcher's stats (``lazyfs stats``).
             log.error("read of %s at %d failed: %s", self.tree.path(inode), off, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        handle[1] = off + len(data)
+        end = off + len(data)
+        handle[1] = max(handle[1], end) if sequential else end
         return data
 
     async def release(self, fh):
@@ -204,7 +220,7 @@ async def mount_image(
                 await pyfuse3.main()  # returns when unmounted from outside (fusermount -u)
                 nursery.cancel_scope.cancel()
 
-            await nursery.start(image.fetcher.write_behind)
+            await nursery.start(image.fetcher.run)
             nursery.start_soon(serve)
             nursery.start_soon(_tune_readahead, mountpoint)
             if image.options.prefetch:

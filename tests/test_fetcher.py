@@ -25,9 +25,10 @@ import trio.testing
 import zstandard
 
 from lazyfs.errors import ChunkError, LazyfsError, ReadTimeout, RegistryError
+from lazyfs.formats.chunks import decode_chunk
 from lazyfs.formats.detect import read_layer_index
 from lazyfs.formats.estargz import read_estargz_index
-from lazyfs.formats.model import EntryType, LayerIndex
+from lazyfs.formats.model import CODEC_ZSTD, Chunk, EntryType, LayerIndex
 from lazyfs.formats.plain import index_tar_file
 from lazyfs.formats.zstd_chunked_writer import write_zstd_chunked
 from lazyfs.fs.cache import ChunkCache
@@ -554,6 +555,210 @@ def test_a_waiter_takes_over_when_the_fetching_reader_is_cancelled(
             assert time.monotonic() - started < 1.5
 
     trio.run(main)
+
+
+# ---------------------------------------------------------------- read-ahead
+
+
+async def settle(fetcher: ChunkFetcher) -> None:
+    """Wait until no fetch is running (read-ahead included)."""
+    with trio.fail_after(5):
+        while fetcher.stats_snapshot()["in_flight"]:
+            await trio.sleep(0.01)
+
+
+def test_read_ahead_fetches_the_rest_of_a_sequential_file_in_full_requests(
+    registry, layer: Layer
+) -> None:
+    path = "usr/share/big.bin"
+    data = layer.files[path]
+
+    async def main() -> None:
+        async with client() as c, trio.open_nursery() as nursery:
+            fetcher = fetcher_for([layer.source(c, registry.host)])
+            await nursery.start(fetcher.run)
+            first = await read_file(fetcher, layer, path, 0, 128 * KiB, sequential_hint=True)
+            await settle(fetcher)
+            # The read's own request (4 MiB), then the 2 MiB left as one read-ahead request.
+            total = fetcher.stats_snapshot()["total"]
+            assert total["requests"] == total["readahead_requests"] == 2
+            before = c.stats.requests
+            out = bytearray(first)
+            for offset in range(128 * KiB, len(data), 128 * KiB):
+                out += await read_file(
+                    fetcher, layer, path, offset, 128 * KiB, sequential_hint=True
+                )
+            assert out == data
+            assert c.stats.requests == before, "everything was read ahead"
+            assert fetcher.stats_snapshot()["total"]["errors"] == 0
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_read_ahead_stays_half_a_window_ahead_of_the_reader(registry, layer: Layer) -> None:
+    path = "usr/share/big.bin"
+    data = layer.files[path]
+    first, count = layer.spans[path]
+    window = 1 * MiB
+
+    async def main() -> None:
+        async with client() as c, trio.open_nursery() as nursery:
+            fetcher = fetcher_for([layer.source(c, registry.host)], readahead_bytes=window)
+            await nursery.start(fetcher.run)
+            for offset in range(0, len(data), 128 * KiB):
+                got = await read_file(
+                    fetcher, layer, path, offset, 128 * KiB, sequential_hint=offset > 0
+                )
+                assert got == data[offset : offset + 128 * KiB]
+                if offset == 0:
+                    continue
+                await settle(fetcher)
+                # The chunks up to half a window past the read are fetched.
+                ahead = min(offset + 128 * KiB + window // 2, len(data))
+                for i in range(first, first + count):
+                    chunk_offset, _ = layer.table.file_span(i)
+                    if chunk_offset < ahead:
+                        assert fetcher.cache.contains(layer.table.digest_bytes(i)), (offset, i)
+            total = fetcher.stats_snapshot()["total"]
+            # Requests of at least half a window, none bigger than the window.
+            assert total["requests"] <= math.ceil(len(data) / (window // 2)) + 1
+            assert total["bytes_fetched"] == sum(
+                layer.table.blob_range(i)[1] for i in range(first, first + count)
+            )
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_read_ahead_loads_disk_cached_chunks_into_memory(
+    registry, layer: Layer, tmp_path: Path
+) -> None:
+    path = "usr/share/big.bin"
+    data = layer.files[path]
+    first, count = layer.spans[path]
+
+    async def main() -> None:
+        async with client() as c:
+            fetcher = fetcher_for(
+                [layer.source(c, registry.host)], ChunkCache(0, tmp_path, 64 * MiB)
+            )
+            assert await read_file(fetcher, layer, path) == data
+        async with client() as c, trio.open_nursery() as nursery:
+            fetcher = fetcher_for(
+                [layer.source(c, registry.host)], ChunkCache(64 * MiB, tmp_path, 64 * MiB)
+            )
+            await nursery.start(fetcher.run)
+            got = await read_file(fetcher, layer, path, MiB, 128 * KiB, sequential_hint=True)
+            assert got == data[MiB : MiB + 128 * KiB]
+            await settle(fetcher)
+            # The rest of the file (within the window) was loaded into memory ahead.
+            keys = [layer.table.digest_bytes(i) for i in range(first, first + count)]
+            offsets = [layer.table.file_span(i)[0] for i in range(first, first + count)]
+            ahead = [k for k, o in zip(keys, offsets, strict=True) if o >= MiB]
+            assert all(fetcher.cache.in_memory(k) for k in ahead)
+            out = bytearray()
+            for offset in range(MiB + 128 * KiB, len(data), 128 * KiB):
+                out += await read_file(
+                    fetcher, layer, path, offset, 128 * KiB, sequential_hint=True
+                )
+            assert out == data[MiB + 128 * KiB :]
+            assert c.stats.requests == 0
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_reader_fetches_itself_when_read_ahead_is_cancelled(
+    registry, layer: Layer, fault_proxy
+) -> None:
+    path = "usr/share/big.bin"
+    data = layer.files[path]
+    fault_proxy.add_fault(None, Stall(3), path_contains="/blobs/", times=2)
+
+    async def main() -> None:
+        async with client() as c:
+            fetcher = proxied(layer, c, fault_proxy)
+            got: list[bytes] = []
+            started = time.monotonic()
+            async with trio.open_nursery() as outer:
+                background = trio.CancelScope()
+
+                async def run_background(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                    with background:
+                        await fetcher.run(task_status=task_status)
+
+                await outer.start(run_background)
+
+                async def reader() -> None:
+                    got.append(
+                        await read_file(fetcher, layer, path, MiB, MiB, sequential_hint=True)
+                    )
+
+                outer.start_soon(reader)
+                await trio.sleep(0.3)  # the reader waits for a stalled read-ahead request
+                assert fetcher.stats_snapshot()["total"]["readahead_requests"] >= 1
+                background.cancel()
+            assert got == [data[MiB : 2 * MiB]]
+            assert time.monotonic() - started < 2.5
+            assert fetcher.stats_snapshot()["in_flight"] == 0
+
+    trio.run(main)
+
+
+def test_read_ahead_failures_fail_the_waiting_read_but_not_the_fetcher(
+    registry, layer: Layer, fault_proxy
+) -> None:
+    path = "usr/share/big.bin"
+    data = layer.files[path]
+    fault_proxy.add_fault(None, Respond(500), path_contains="/blobs/", times=None)
+
+    async def main() -> None:
+        async with client() as c, trio.open_nursery() as nursery:
+            fetcher = proxied(layer, c, fault_proxy)
+            await nursery.start(fetcher.run)
+            started = time.monotonic()
+            with pytest.raises(RegistryError):
+                await read_file(fetcher, layer, path, MiB, 128 * KiB, sequential_hint=True)
+            assert time.monotonic() - started < 5
+            await settle(fetcher)
+            assert fetcher.stats_snapshot()["total"]["readahead_errors"] >= 1
+            fault_proxy.clear_faults()
+            got = await read_file(fetcher, layer, path, MiB, 128 * KiB, sequential_hint=True)
+            assert got == data[MiB : MiB + 128 * KiB]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_chunks_decode_in_several_threads_at_once() -> None:
+    rng = random.Random(9)
+    pieces = [rng.randbytes(rng.randrange(1, 300 * KiB)) + b"x" * 100_000 for _ in range(24)]
+    cctx = zstandard.ZstdCompressor(level=1)
+    chunks = []
+    for piece in pieces:
+        frame = cctx.compress(piece)
+        chunks.append(
+            Chunk(0, len(piece), 0, len(frame), 0, CODEC_ZSTD, Digest.of(piece)),
+        )
+    frames = [cctx.compress(piece) for piece in pieces]
+
+    def decode_all() -> list[bytes]:
+        return [decode_chunk(c, f) for c, f in zip(chunks, frames, strict=True) for _ in range(3)]
+
+    async def main() -> list[list[bytes]]:
+        out: list[list[bytes]] = []
+
+        async def one() -> None:
+            out.append(await trio.to_thread.run_sync(decode_all))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(one)
+        return out
+
+    for result in trio.run(main):
+        assert result == [p for p in pieces for _ in range(3)]
 
 
 # ---------------------------------------------------------------- prefetch

@@ -362,3 +362,21 @@ def test_mount_point_with_a_space_and_non_ascii_and_1_mib_readahead(rich, tmp_pa
         assert device is not None
         assert Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() == "1024"
         assert (mnt / "data/small.txt").read_bytes()
+
+
+def test_a_sequential_reader_is_served_by_read_ahead_in_few_requests(registry, tmp_path):
+    data = noise(24 * 1024 * 1024 + 5, 7)
+    src, dst = new_ref(registry, "seq"), new_ref(registry, "seq-chunked")
+    push(src, build_image([[Entry("big.bin", data=data, mtime=T0)]]))
+    convert(src, dst)
+    with mounted(str(dst), tmp_path / "mnt", tmp_path / "cache", "--no-prefetch") as mnt:
+        digest = hashlib.sha256()
+        with open(mnt / "big.bin", "rb", buffering=0) as f:
+            while piece := f.read(128 * 1024):
+                digest.update(piece)
+        assert digest.digest() == hashlib.sha256(data).digest()
+        total = stats(mnt)["fetch"]["total"]
+    assert total["readahead_requests"] > 0 and total["errors"] == 0, total
+    # Requests of 4 MiB and more (the first read, at offset 0, is not known to be
+    # sequential and fetches its own chunks).
+    assert total["requests"] <= -(-total["bytes_fetched"] // (4 * 1024 * 1024)) + 1, total

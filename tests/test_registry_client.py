@@ -228,6 +228,53 @@ def test_ranges_single_and_multi(registry):
     trio.run(main)
 
 
+def test_fetch_ranges_into_fills_the_callers_buffer_in_place(registry):
+    image = big_image()
+    blob = image.layers[0]
+    ref = repo(registry.host)
+    wanted = [(2_000_000, 300_000), (7, 3), (blob.size - 10, 10), (50, 0), (1_000, 1)]
+    total = sum(n for _, n in wanted)
+
+    async def main():
+        async with client() as c:
+            await push_image(c, ref, image)
+            buffer = bytearray(b"\xaa" * (total + 100))
+            before = c.stats.requests
+            views = await c.fetch_ranges_into(ref, blob.digest, wanted, buffer)
+            assert c.stats.requests - before == 1
+            assert [bytes(v) for v in views] == [blob.data[o : o + n] for o, n in wanted]
+            # Each range is a slice of the caller's buffer, laid out in the order asked.
+            position = 0
+            for view, (_, n) in zip(views, wanted, strict=True):
+                assert view.obj is buffer and len(view) == n
+                assert bytes(buffer[position : position + n]) == bytes(view)
+                position += n
+            assert buffer[total:] == b"\xaa" * 100
+            # One range: a single-range request, streamed into place.
+            views = await c.fetch_ranges_into(ref, blob.digest, [(123_456, 200_000)], buffer)
+            assert bytes(views[0]) == blob.data[123_456 : 123_456 + 200_000]
+            with pytest.raises(ValueError):
+                await c.fetch_ranges_into(ref, blob.digest, [(0, total + 101)], buffer)
+
+    trio.run(main)
+
+
+def test_a_range_body_cut_short_is_fetched_again(registry, fault_proxy):
+    image = big_image()
+    blob = image.layers[0]
+    ref = _pushed_through_proxy(registry, fault_proxy, image)
+    fault_proxy.add_fault(None, Truncate(100_000), path_contains="/blobs/", times=1)
+
+    async def main():
+        async with client() as c:
+            buffer = bytearray(1_000_000)
+            views = await c.fetch_ranges_into(ref, blob.digest, [(1_000, 1_000_000)], buffer)
+            assert bytes(views[0]) == blob.data[1_000:1_001_000]
+            assert c.stats.retries == 1
+
+    trio.run(main)
+
+
 def test_stream_blob_feeds_every_byte_and_verifies(registry):
     image = big_image()
     blob = image.layers[0]
@@ -384,6 +431,24 @@ def test_range_ignored_still_serves_the_right_bytes(registry, fault_proxy):
             assert await c.fetch_range(ref, blob.digest, 7, 3) == blob.data[7:10]
             got = await c.fetch_ranges(ref, blob.digest, wanted)
             assert got == [blob.data[o : o + n] for o, n in wanted]
+
+    trio.run(main)
+
+
+def test_a_whole_blob_sent_for_a_range_is_read_only_as_far_as_needed(registry, fault_proxy):
+    image = big_image(6 * 1024 * 1024)
+    blob = image.layers[0]
+    ref = _pushed_through_proxy(registry, fault_proxy, image)
+    fault_proxy.add_fault(None, StripRange(), times=None)
+
+    async def main():
+        async with client() as c:
+            before = c.stats.bytes_received
+            buffer = bytearray(20)
+            views = await c.fetch_ranges_into(ref, blob.digest, [(100, 10), (5, 10)], buffer)
+            assert [bytes(v) for v in views] == [blob.data[100:110], blob.data[5:15]]
+            # The body is streamed: the rest of the 6 MiB blob is never read.
+            assert c.stats.bytes_received - before < blob.size // 4
 
     trio.run(main)
 

@@ -2,12 +2,20 @@
 
 :func:`decode_chunk` is the only place where bytes fetched from a blob become file content.
 It decompresses no more than the chunk needs (a decompression bomb stops at the declared
-size) and checks the chunk's digest before returning anything.
+size) and checks the chunk's digest before returning anything. What it returns is always a
+new ``bytes`` object, never a view of ``data``: callers may reuse the buffer ``data`` lies in
+as soon as it returns.
+
+Both functions may run in several threads at once: each thread has its own zstd
+decompression context (a context must not be used by two threads at once), and zstd and
+sha256 release the GIL while they work on large buffers, so decoding in worker threads runs
+in parallel with the event loop.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import zlib
 
 import zstandard
@@ -17,7 +25,37 @@ from .model import CODEC_GZIP, CODEC_NONE, CODEC_ZEROS, CODEC_ZSTD, Chunk
 
 __all__ = ["decode_chunk", "decompress_prefix"]
 
-_ZSTD = zstandard.ZstdDecompressor()
+_local = threading.local()
+
+
+def _zstd() -> zstandard.ZstdDecompressor:
+    """This thread's decompression context."""
+    dctx = getattr(_local, "zstd", None)
+    if dctx is None:
+        dctx = _local.zstd = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def _zstd_prefix(data: bytes | memoryview, want: int) -> bytes:
+    """The first ``want`` bytes (or fewer) of the zstd frames in ``data``."""
+    dctx = _zstd()
+    # The common case, one frame per chunk whose header declares exactly the size wanted,
+    # in one call: the output is allocated once, at the declared (= wanted) size.
+    if zstandard.frame_content_size(data) == want:
+        out = dctx.decompress(data)
+        if len(out) == want:
+            return out
+    with dctx.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+        first = reader.read(want)
+        if len(first) >= want or not first:
+            return first
+        out = bytearray(first)
+        while len(out) < want:
+            piece = reader.read(want - len(out))
+            if not piece:
+                break
+            out += piece
+        return bytes(out)
 
 
 def decompress_prefix(codec: str, data: bytes | memoryview, want: int, *, what: str) -> bytes:
@@ -30,14 +68,7 @@ def decompress_prefix(codec: str, data: bytes | memoryview, want: int, *, what: 
         return bytes(data[:want])
     if codec == CODEC_ZSTD:
         try:
-            with _ZSTD.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
-                out = bytearray()
-                while len(out) < want:
-                    piece = reader.read(want - len(out))
-                    if not piece:
-                        break
-                    out += piece
-                return bytes(out)
+            return _zstd_prefix(data, want)
         except zstandard.ZstdError as exc:
             raise ChunkError(f"{what}: not valid zstd data ({exc})") from None
     if codec == CODEC_GZIP:

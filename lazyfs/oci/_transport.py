@@ -3,6 +3,12 @@
 Private to :mod:`lazyfs.oci`. The registry client sends every request through
 :meth:`Transport.send`, which never follows redirects and never adds credentials: those are
 the caller's decisions.
+
+Importing this module raises httpcore's read size for HTTP/1.1 response bodies from 64 KiB
+to :data:`RESPONSE_READ_BYTES` (a class attribute of httpcore's connection, so it applies
+to the whole process). Every read is one pass through trio, h11 and httpx in Python; for the
+multi-MiB range bodies the fetcher streams, 256 KiB reads halve the client's CPU time per
+byte (loopback, 128 ranges of 4 MiB: 0.64 s -> 0.36 s user time for 537 MB).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from .hosts import HostPolicy
@@ -21,6 +28,21 @@ from .hosts import HostPolicy
 log = logging.getLogger("lazyfs.registry")
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=30.0)
+
+#: Bytes httpcore asks the socket for at a time when reading a response (see the module docs).
+RESPONSE_READ_BYTES = 256 * 1024
+
+
+def _raise_read_size() -> None:
+    """Set httpcore's HTTP/1.1 read size to RESPONSE_READ_BYTES, if it has a smaller one."""
+    http11 = getattr(getattr(httpcore, "_async", None), "http11", None)
+    cls = getattr(http11, "AsyncHTTP11Connection", None)
+    current = getattr(cls, "READ_NUM_BYTES", None)
+    if isinstance(current, int) and current < RESPONSE_READ_BYTES:
+        cls.READ_NUM_BYTES = RESPONSE_READ_BYTES
+
+
+_raise_read_size()
 
 
 @dataclass(slots=True)

@@ -518,37 +518,58 @@ class RegistryClient:
         requests (several at once) otherwise. With ``blob_size`` known, a range reaching past
         the end is an error here rather than a ``416`` from the server.
         """
-        for off, length in ranges:
-            if off < 0 or length < 0:
-                raise ValueError(f"bad range ({off}, {length})")
-            if blob_size is not None and off + length > blob_size:
-                raise ValueError(
-                    f"range ({off}, {length}) is past the end of the {blob_size}-byte blob"
-                )
-        results: list[bytes] = [b""] * len(ranges)
-        wanted = [(i, off, length) for i, (off, length) in enumerate(ranges) if length > 0]
+        _check_ranges(ranges, blob_size)
+        buffer = bytearray(sum(length for _, length in ranges))
+        views = await self.fetch_ranges_into(ref, digest, ranges, buffer, blob_size=blob_size)
+        return [bytes(view) for view in views]
+
+    async def fetch_ranges_into(
+        self,
+        ref: Reference,
+        digest: Digest,
+        ranges: Sequence[tuple[int, int]],
+        buffer: bytearray | memoryview,
+        *,
+        blob_size: int | None = None,
+    ) -> list[memoryview]:
+        """:meth:`fetch_ranges`, with the bytes written into ``buffer``.
+
+        Range ``k`` goes to ``buffer[p : p + length_k]``, ``p`` being the sum of the lengths
+        of the ranges before it, so ``buffer`` must hold at least the sum of all the lengths.
+        Returns those slices of ``buffer`` (memoryviews), in the order asked. Response bodies
+        are streamed into place as they arrive, so a caller that reuses its buffers fetches
+        without allocating memory for the data. Until the call returns (and after it fails)
+        the content of ``buffer`` is undefined.
+        """
+        _check_ranges(ranges, blob_size)
+        view = memoryview(buffer).cast("B")
+        if len(view) < sum(length for _, length in ranges):
+            raise ValueError("buffer is smaller than the ranges asked for")
+        slots: list[memoryview] = []
+        position = 0
+        for _, length in ranges:
+            slots.append(view[position : position + length])
+            position += length
+        wanted = [(off, length, slots[i]) for i, (off, length) in enumerate(ranges) if length > 0]
         if not wanted:
-            return results
+            return slots
         host = api_host(ref.registry)
 
-        async def single(i: int, off: int, length: int) -> None:
+        async def single(target: _Target) -> None:
             async with self._range_limit:
-                results[i] = await self._fetch_single(ref, digest, off, length)
+                await self._fetch_single(ref, digest, target)
 
-        async def batch(items: list[tuple[int, int, int]]) -> None:
+        async def batch(items: list[_Target]) -> None:
             try:
                 async with self._range_limit:
-                    got = await self._fetch_multi(ref, digest, [(o, n) for _, o, n in items])
+                    await self._fetch_multi(ref, digest, items)
             except _MultiRangeRefused:
                 log.info("%s does not answer multi-range requests; using single ranges", host)
                 self._no_multirange.add(host)
                 with unwrap_task_errors():
                     async with trio.open_nursery() as inner:
                         for item in items:
-                            inner.start_soon(single, *item)
-                return
-            for (i, _, _), data in zip(items, got, strict=True):
-                results[i] = data
+                            inner.start_soon(single, item)
 
         with unwrap_task_errors():
             async with trio.open_nursery() as nursery:
@@ -557,82 +578,110 @@ class RegistryClient:
                     nursery.start_soon(batch, wanted)
                 elif len(wanted) == 1 or host in self._no_multirange:
                     for item in wanted:
-                        nursery.start_soon(single, *item)
+                        nursery.start_soon(single, item)
                 else:
                     for k in range(0, len(wanted), MAX_RANGES_PER_REQUEST):
                         nursery.start_soon(batch, wanted[k : k + MAX_RANGES_PER_REQUEST])
-        return results
+        return slots
 
-    async def _fetch_single(self, ref: Reference, digest: Digest, off: int, length: int) -> bytes:
+    async def _fetch_single(self, ref: Reference, digest: Digest, target: _Target) -> None:
+        off, length, _ = target
         what = f"bytes {off}-{off + length - 1} of blob {digest} in {ref.name}"
+        host = api_host(ref.registry)
 
-        async def attempt() -> bytes:
+        async def attempt() -> None:
             headers = {"Range": f"bytes={off}-{off + length - 1}"}
-            resp = await self._blob_response(ref, digest, headers=headers, ok=(200, 206))
-            return self._slices(resp, [(off, length)], what, api_host(ref.registry))[0]
+            resp = await self._blob_response(
+                ref, digest, headers=headers, stream=True, ok=(200, 206)
+            )
+            await self._receive(resp, [target], what, host)
 
-        return await self._attempts(what, ref.registry, attempt)
+        await self._attempts(what, ref.registry, attempt)
 
-    async def _fetch_multi(
-        self, ref: Reference, digest: Digest, ranges: list[tuple[int, int]]
-    ) -> list[bytes]:
-        what = f"{len(ranges)} ranges of blob {digest} in {ref.name}"
-        spec = ",".join(f"{o}-{o + n - 1}" for o, n in ranges)
+    async def _fetch_multi(self, ref: Reference, digest: Digest, targets: list[_Target]) -> None:
+        what = f"{len(targets)} ranges of blob {digest} in {ref.name}"
+        spec = ",".join(f"{o}-{o + n - 1}" for o, n, _ in targets)
+        host = api_host(ref.registry)
 
-        async def attempt() -> list[bytes]:
+        async def attempt() -> None:
             try:
                 resp = await self._blob_response(
-                    ref, digest, headers={"Range": f"bytes={spec}"}, ok=(200, 206)
+                    ref, digest, headers={"Range": f"bytes={spec}"}, stream=True, ok=(200, 206)
                 )
             except RegistryError as exc:
                 if exc.status in (400, 416):
                     raise _MultiRangeRefused() from exc
                 raise
             try:
-                return self._slices(resp, ranges, what, api_host(ref.registry))
+                await self._receive(resp, targets, what, host)
             except MultipartError as exc:
                 # A body we cannot make sense of: do not trust this server with multi-range.
                 raise _MultiRangeRefused() from exc
 
-        return await self._attempts(what, ref.registry, attempt)
+        await self._attempts(what, ref.registry, attempt)
 
-    def _slices(
-        self, resp: httpx.Response, ranges: list[tuple[int, int]], what: str, host: str
-    ) -> list[bytes]:
-        """Cut the asked ranges out of a 200, single-part 206 or multipart 206 response."""
-        body = resp.content
-        if resp.status_code == 200:
-            if host not in self._ignores_ranges:
-                log.info("%s ignores Range requests; whole blobs will be sent", host)
-                self._ignores_ranges.add(host)
-            parts = [(0, len(body), memoryview(body))]
-        else:
+    async def _receive(
+        self, resp: httpx.Response, targets: list[_Target], what: str, host: str
+    ) -> None:
+        """Copy the targets' bytes out of a 200, single-part 206 or multipart 206 response.
+
+        Closes ``resp``. Single-part bodies (and whole blobs) are copied piece by piece as
+        they arrive; a multipart body is read whole first (its parts are found by parsing).
+        """
+        try:
+            if resp.status_code == 200:
+                if host not in self._ignores_ranges:
+                    log.info("%s ignores Range requests; whole blobs will be sent", host)
+                    self._ignores_ranges.add(host)
+                received = await self._stream_into(resp, 0, targets)
+                for off, length, _ in targets:
+                    if off + length > received:
+                        raise RegistryError(f"{what}: the blob is only {received} bytes")
+                return
             boundary = boundary_from_content_type(resp.headers.get("content-type", ""))
-            if boundary is not None:
-                parts = [
-                    (p.start, p.end + 1 - p.start, memoryview(p.data))
-                    for p in parse_byteranges(body, boundary)
-                ]
-            else:
+            if boundary is None:
                 start, end, _ = parse_content_range(resp.headers.get("content-range", ""))
-                if len(body) != end + 1 - start:
-                    raise _Retry(
-                        f"{what}: got {len(body)} bytes for a {end + 1 - start}-byte range"
-                    )
-                parts = [(start, len(body), memoryview(body))]
-        out = []
-        for off, length in ranges:
-            for start, size, data in parts:
-                if start <= off and off + length <= start + size:
-                    out.append(bytes(data[off - start : off - start + length]))
-                    break
-            else:
-                if resp.status_code == 200:
-                    raise RegistryError(f"{what}: the blob is only {len(body)} bytes")
-                raise MultipartError(
-                    f"{what}: the response does not cover bytes {off}-{off + length - 1}"
-                )
-        return out
+                _check_covered([(start, end + 1)], targets, what)
+                received = await self._stream_into(resp, start, targets)
+                if received != end + 1 - start:
+                    raise _Retry(f"{what}: got {received} bytes for a {end + 1 - start}-byte range")
+                return
+            body = await resp.aread()
+            self._transport.count_received(len(body))
+            parts = parse_byteranges(body, boundary)
+            _check_covered([(p.start, p.end + 1) for p in parts], targets, what)
+            for off, length, slot in targets:
+                for part in parts:
+                    if part.start <= off and off + length <= part.end + 1:
+                        skip = off - part.start
+                        slot[:] = memoryview(part.data)[skip : skip + length]
+                        break
+        finally:
+            await resp.aclose()
+
+    async def _stream_into(self, resp: httpx.Response, base: int, targets: list[_Target]) -> int:
+        """Copy what a body starting at blob offset ``base`` has of each target; bytes read.
+
+        A whole blob (``base`` 0, a server ignoring ``Range``) is read only as far as the
+        targets need.
+        """
+        position = base
+        need = max(off + length for off, length, _ in targets)
+        whole_blob = resp.status_code == 200
+        async for piece in resp.aiter_bytes():
+            size = len(piece)
+            self._transport.count_received(size)
+            end = position + size
+            data = memoryview(piece)
+            for off, length, slot in targets:
+                lo = max(off, position)
+                hi = min(off + length, end)
+                if lo < hi:
+                    slot[lo - off : hi - off] = data[lo - position : hi - position]
+            position = end
+            if whole_blob and position >= need:
+                break
+        return position - base
 
     # ------------------------------------------------------------------ push
 
@@ -770,6 +819,29 @@ class _BlobSource:
         if len(data) != length:
             raise LazyfsError(f"{self._path} changed size while it was being pushed")
         return data
+
+
+#: One range to fetch: blob offset, length, and where its bytes go.
+_Target = tuple[int, int, memoryview]
+
+
+def _check_ranges(ranges: Sequence[tuple[int, int]], blob_size: int | None) -> None:
+    for off, length in ranges:
+        if off < 0 or length < 0:
+            raise ValueError(f"bad range ({off}, {length})")
+        if blob_size is not None and off + length > blob_size:
+            raise ValueError(
+                f"range ({off}, {length}) is past the end of the {blob_size}-byte blob"
+            )
+
+
+def _check_covered(parts: list[tuple[int, int]], targets: list[_Target], what: str) -> None:
+    """Raise MultipartError unless each target lies within one of the ``[start, end)`` parts."""
+    for off, length, _ in targets:
+        if not any(start <= off and off + length <= end for start, end in parts):
+            raise MultipartError(
+                f"{what}: the response does not cover bytes {off}-{off + length - 1}"
+            )
 
 
 def _location(resp: httpx.Response, base: str, what: str) -> str:
