@@ -105,6 +105,14 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
         help="credentials for the image's registry",
     )
     g.add_argument(
+        "--hosts-dir",
+        type=Path,
+        default=Path("/etc/containerd/certs.d"),
+        metavar="DIR",
+        help="containerd-style HOST/hosts.toml files: mirrors tried before the registry, TLS "
+        "per host (default /etc/containerd/certs.d; a missing directory means none)",
+    )
+    g.add_argument(
         "--docker-config",
         type=Path,
         metavar="FILE",
@@ -117,7 +125,7 @@ def make_client(args: argparse.Namespace) -> RegistryClient:
     """A registry client configured from the registry options."""
     credentials = CredentialStore(config_path=args.docker_config, default=args.creds)
     hosts = HostPolicy(insecure_hosts=args.insecure_registry, ca_files=args.ca_cert)
-    return RegistryClient(credentials=credentials, hosts=hosts)
+    return RegistryClient(credentials=credentials, hosts=hosts, hosts_dir=args.hosts_dir)
 
 
 async def cmd_inspect(args: argparse.Namespace) -> int:

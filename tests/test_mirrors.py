@@ -102,3 +102,126 @@ def test_directory_lookup(tmp_path):
     (tmp_path / "r.example.com:5000").mkdir()
     (tmp_path / "r.example.com:5000" / "hosts.toml").write_text('server = "http://o:2"\n')
     assert [e.base_url for e in endpoints_for("r.example.com:5000", tmp_path)] == ["http://o:2/v2"]
+
+
+# ---------------------------------------------------------------------------- for real
+# Two real registries: the origin, and a pull-through cache of it (distribution's
+# ``proxy: remoteurl``) named as a mirror in hosts.toml.
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import uuid  # noqa: E402
+
+import trio  # noqa: E402
+
+from lazyfs.control import is_mountpoint  # noqa: E402
+from lazyfs.oci.reference import Reference  # noqa: E402
+from lazyfs.oci.registry import RegistryClient  # noqa: E402
+from tests.harness.images import Entry, build_image, push_image  # noqa: E402
+from tests.harness.registry import RegistryServer  # noqa: E402
+
+
+@pytest.fixture
+def mirror(registry, tmp_path):
+    server = RegistryServer(tmp_path / "mirror", proxy_remote_url=registry.url)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _hosts_dir(tmp_path, origin, mirror) -> Path:
+    hosts = tmp_path / "certs.d"
+    (hosts / origin.host).mkdir(parents=True)
+    (hosts / origin.host / "hosts.toml").write_text(
+        f'server = "http://{origin.host}"\n\n'
+        f'[host."http://{mirror.host}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    return hosts
+
+
+def _image_with(files: dict[str, bytes]):
+    return build_image([[Entry(name, data=data) for name, data in files.items()]])
+
+
+def test_mirror_serves_and_the_origin_takes_over_when_it_stops(registry, mirror, tmp_path):
+    ref = Reference.parse(f"{registry.host}/mirrors/app-{uuid.uuid4().hex[:8]}:v1")
+    image = _image_with({"a": os.urandom(100_000), "b": b"B" * 50_000})
+    hosts = _hosts_dir(tmp_path, registry, mirror)
+
+    async def main():
+        async with RegistryClient() as plain:
+            await push_image(plain, ref, image)
+        layer = image.layers[0]
+        async with RegistryClient(hosts_dir=hosts) as client:
+            resolved = await client.resolve(ref)
+            assert resolved.digest == image.digest
+            data = (await client.fetch_ranges(ref, layer.digest, [(0, layer.size)]))[0]
+            assert data == layer.data
+            assert set(client.stats.by_host) == {mirror.host}  # nothing asked the origin
+            assert client.mirror_fallbacks == 0
+            mirror.stop()
+            data = (await client.fetch_ranges(ref, layer.digest, [(10, 100)]))[0]
+            assert data == layer.data[10:110]
+            assert client.stats.by_host.get(registry.host, 0) >= 1
+            assert client.mirror_fallbacks >= 1
+
+    trio.run(main)
+
+
+def lazyfs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lazyfs", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_mount_reads_through_the_mirror_and_survives_its_loss(registry, mirror, tmp_path):
+    from lazyfs.convert import ConvertOptions, convert_image
+    from lazyfs.oci.store import open_store
+    from lazyfs.progress import NullProgress
+
+    name = f"{registry.host}/mirrors/big-{uuid.uuid4().hex[:8]}"
+    files = {f"f{i}": bytes([i]) * 300_000 for i in range(8)}
+
+    async def main():
+        async with RegistryClient() as client:
+            await push_image(client, Reference.parse(f"{name}:gzip"), _image_with(files))
+            await convert_image(
+                open_store(f"{name}:gzip", client),
+                open_store(f"{name}:lazy", client),
+                ConvertOptions(chunk_size=64 * 1024),
+                NullProgress(),
+            )
+
+    trio.run(main)
+    hosts = _hosts_dir(tmp_path, registry, mirror)
+    mnt, cache = tmp_path / "mnt", tmp_path / "cache"
+    mnt.mkdir()
+    result = lazyfs(
+        "mount",
+        "--daemon",
+        "--no-prefetch",
+        "--hosts-dir",
+        str(hosts),
+        "--cache-dir",
+        str(cache),
+        f"{name}:lazy",
+        str(mnt),
+    )
+    assert result.returncode == 0, result.stderr
+    try:
+        assert (mnt / "f0").read_bytes() == files["f0"]
+        # The mirror (a pull-through cache) fetched the blob from the origin to serve it.
+        assert any(mirror.storage_dir.rglob("data")), "the mirror served nothing"
+        mirror.stop()
+        for i in range(1, 8):
+            assert (mnt / f"f{i}").read_bytes() == files[f"f{i}"]
+        stats = json.loads(lazyfs("stats", "--json", str(mnt)).stdout)
+        assert stats["fetch"]["total"]["errors"] == 0
+    finally:
+        done = lazyfs("umount", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert not is_mountpoint(mnt)

@@ -55,6 +55,7 @@ class TransferStats:
     range_requests: int = 0
     retries: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
+    by_host: dict[str, int] = field(default_factory=dict)  # requests per host:port
 
     def snapshot(self) -> dict:
         return {
@@ -64,6 +65,7 @@ class TransferStats:
             "range_requests": self.range_requests,
             "retries": self.retries,
             "by_status": dict(self.by_status),
+            "by_host": dict(self.by_host),
         }
 
 
@@ -174,6 +176,8 @@ class Transport:
         s.requests += 1
         s.bytes_sent += sent
         s.by_status[resp.status_code] = s.by_status.get(resp.status_code, 0) + 1
+        host = resp.request.url.netloc.decode("ascii", "replace")
+        s.by_host[host] = s.by_host.get(host, 0) + 1
 
     async def send(
         self,

@@ -98,6 +98,23 @@ class HostPolicy:
         self._client_certs = {k.lower(): v for k, v in (client_certs or {}).items()}
         self._loopback_insecure = loopback_insecure
 
+    def add_host(
+        self,
+        host: str,
+        *,
+        insecure: bool = False,
+        ca_files: Iterable[Path | str] = (),
+        client_cert: tuple[Path, Path] | None = None,
+    ) -> None:
+        """Settings for one more host (a mirror named in hosts.toml), on top of the rest."""
+        host = host.lower()
+        if insecure:
+            self._insecure.add(host)
+        if ca_files:
+            self._host_ca[host] = self._host_ca.get(host, ()) + tuple(Path(p) for p in ca_files)
+        if client_cert is not None:
+            self._client_certs[host] = client_cert
+
     def _lookup(self, table: dict, host: str):
         host = host.lower()
         if host in table:

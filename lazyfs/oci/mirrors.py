@@ -31,7 +31,7 @@ wrong types are a clear error naming the file.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -71,7 +71,8 @@ class Endpoint:
     client_cert: tuple[Path, Path] | None = None
     headers: tuple[tuple[str, str], ...] = ()
     origin: bool = False
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
+    #: The origin nobody configured (no ``server`` key): reached as without hosts.toml.
+    implicit: bool = False
 
     @property
     def base_url(self) -> str:
@@ -166,14 +167,14 @@ def parse_hosts_toml(text: str, registry_host: str, *, path: Path | str = "hosts
         raise _fail(path, "server must be a URL")
     origin_table = {k: doc[k] for k in ("ca", "skip_verify", "client", "header") if k in doc}
     origin = _endpoint(server or _default_origin(registry_host), origin_table, path, origin=True)
+    if server is None and not origin_table:
+        origin = replace(origin, implicit=True)
     # The origin comes last, unless it is also listed as a host (then its place is kept).
     if not any(e.host == origin.host and e.scheme == origin.scheme for e in out):
         out.append(origin)
     else:
         out = [
-            Endpoint(**{**e.__dict__, "origin": True})
-            if (e.host, e.scheme) == (origin.host, origin.scheme)
-            else e
+            replace(e, origin=True) if (e.host, e.scheme) == (origin.host, origin.scheme) else e
             for e in out
         ]
     return out

@@ -20,6 +20,8 @@ from them against the layer index's chunk digests.
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import inspect
 import logging
 import os
@@ -57,6 +59,7 @@ from .credentials import CredentialStore
 from .digest import Digest, Verifier
 from .hosts import HostPolicy
 from .manifest import Descriptor
+from .mirrors import Endpoint, endpoints_for
 from .multipart import boundary_from_content_type, parse_byteranges, parse_content_range
 from .platform import Platform
 from .reference import Reference, api_host
@@ -107,6 +110,10 @@ class _Redirect:
     expires_at: float
 
 
+#: Set while a mirror is tried: one attempt only, the next host is the retry.
+_ONE_ATTEMPT: contextvars.ContextVar[bool] = contextvars.ContextVar("one_attempt", default=False)
+
+
 class RegistryClient:
     """Talks to OCI registries. Use as ``async with RegistryClient(...) as client``.
 
@@ -125,8 +132,10 @@ class RegistryClient:
         upload_chunk_size: int = 16 * 1024 * 1024,
         range_concurrency: int = 8,
         redirect_ttl: float = REDIRECT_TTL,
+        hosts_dir: Path | None = None,
     ) -> None:
-        self._transport = Transport(hosts or HostPolicy(), timeout=timeout)
+        self._policy = hosts or HostPolicy()
+        self._transport = Transport(self._policy, timeout=timeout)
         self._auth = Authenticator(self._transport, credentials or CredentialStore())
         self._retry = retry or RetryPolicy()
         self._monolithic_limit = monolithic_upload_limit
@@ -136,6 +145,11 @@ class RegistryClient:
         self._redirects: dict[tuple[str, str, str], _Redirect] = {}
         self._no_multirange: set[str] = set()
         self._ignores_ranges: set[str] = set()
+        self._hosts_dir = hosts_dir
+        #: Requests a mirror failed and the next host (or the origin) took over.
+        self.mirror_fallbacks = 0
+        self._endpoints: dict[str, list[Endpoint] | None] = {}
+        self._pinned: dict[str, tuple[str, str]] = {}  # host -> (scheme://host, API root)
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -154,8 +168,56 @@ class RegistryClient:
     # ------------------------------------------------------------------ plumbing
 
     async def _url(self, ref: Reference, tail: str) -> str:
+        pinned = self._pinned.get(ref.registry)
+        if pinned is not None:
+            base, root = pinned
+            return f"{base}{root}/{ref.repository}/{tail}"
         base = await self._transport.base_url(api_host(ref.registry))
         return f"{base}/v2/{ref.repository}/{tail}"
+
+    # ------------------------------------------------------------------ mirrors
+
+    def _endpoints_of(self, registry: str) -> list[Endpoint] | None:
+        """The hosts.toml endpoints of ``registry`` (None: none configured)."""
+        if registry not in self._endpoints:
+            endpoints = endpoints_for(registry, self._hosts_dir)
+            self._endpoints[registry] = endpoints
+            for e in endpoints or ():
+                if e.implicit:
+                    continue  # the origin as usual: scheme probed, the client's TLS options
+                self._pinned[e.host] = (f"{e.scheme}://{e.host}", e.api_root)
+                self._policy.add_host(
+                    e.host,
+                    insecure=e.skip_verify or e.scheme == "http",
+                    ca_files=e.ca_files,
+                    client_cert=e.client_cert,
+                )
+        return self._endpoints[registry]
+
+    async def _routed(
+        self, ref: Reference, capability: str, call: Callable[[Reference], Awaitable[T]]
+    ) -> T:
+        """``call(ref)`` through the endpoints hosts.toml gives ``ref``'s registry: each one
+        that has ``capability``, in order, the origin last; the next is tried when one
+        fails. A mirror gets one attempt (no retries): the next endpoint is the retry."""
+        endpoints = self._endpoints_of(ref.registry)
+        if not endpoints:
+            return await call(ref)
+        usable = [e for e in endpoints if e.can(capability) or e.origin]
+        for n, e in enumerate(usable):
+            routed = ref if e.implicit else dataclasses.replace(ref, registry=e.host)
+            last = n == len(usable) - 1
+            token = _ONE_ATTEMPT.set(not last)
+            try:
+                return await call(routed)
+            except (RegistryUnreachable, RegistryError, AuthError, DigestMismatch) as exc:
+                if last:
+                    raise
+                log.info("%s: %s failed (%s); trying the next host", ref, e.host, exc)
+                self.mirror_fallbacks += 1
+            finally:
+                _ONE_ATTEMPT.reset(token)
+        raise AssertionError("unreachable")
 
     async def _send(
         self,
@@ -212,8 +274,9 @@ class RegistryClient:
         (a stream whose consumer already saw the bytes).
         """
         policy = self._retry
+        attempts = 1 if _ONE_ATTEMPT.get() else policy.attempts
         last: BaseException | None = None
-        for n in range(1, policy.attempts + 1):
+        for n in range(1, attempts + 1):
             retry_after = None
             try:
                 return await attempt()
@@ -232,7 +295,7 @@ class RegistryClient:
                         "(add its CA with --ca-cert, or name it with --insecure-registry)"
                     ) from None
                 last = exc
-            if n == policy.attempts:
+            if n == attempts:
                 break
             delay = policy.delay(n, retry_after)
             self._transport.stats.retries += 1
@@ -242,7 +305,7 @@ class RegistryClient:
                 _describe(last),
                 delay,
                 n + 1,
-                policy.attempts,
+                attempts,
             )
             await trio.sleep(delay)
         assert last is not None
@@ -250,11 +313,9 @@ class RegistryClient:
             raise last
         if isinstance(last, _Retry):
             raise RegistryError(
-                f"{what}: {last} (gave up after {policy.attempts} attempts)", status=last.status
+                f"{what}: {last} (gave up after {attempts} attempts)", status=last.status
             )
-        raise RegistryUnreachable(
-            f"{what}: {_describe(last)} (gave up after {policy.attempts} attempts)"
-        )
+        raise RegistryUnreachable(f"{what}: {_describe(last)} (gave up after {attempts} attempts)")
 
     async def _check(self, resp: httpx.Response, what: str, ok: Sequence[int] = (200,)) -> None:
         """Raise the right error for a response whose status is not in ``ok``."""
@@ -287,8 +348,13 @@ class RegistryClient:
         """Fetch the manifest or index ``ref`` names, verified against its digest.
 
         With a digest in ``ref`` the body must hash to it; with a tag only, the
-        ``Docker-Content-Digest`` header (when sent) must match the body.
+        ``Docker-Content-Digest`` header (when sent) must match the body. Mirrors with the
+        ``resolve`` capability answer tags, those with ``pull`` digests (hosts.toml).
         """
+        capability = "pull" if ref.digest is not None else "resolve"
+        return await self._routed(ref, capability, self._get_manifest)
+
+    async def _get_manifest(self, ref: Reference) -> FetchedManifest:
         what = f"manifest {ref}"
 
         async def attempt() -> FetchedManifest:
@@ -400,6 +466,10 @@ class RegistryClient:
 
     async def blob_size(self, ref: Reference, digest: Digest) -> int | None:
         """The size of a blob if the repository has it, else None."""
+        return await self._routed(ref, "pull", lambda r: self._blob_size(r, digest))
+
+    async def _blob_size(self, ref: Reference, digest: Digest) -> int | None:
+        """The size of a blob if the repository has it, else None."""
         what = f"blob {digest} in {ref.name}"
 
         async def attempt() -> int | None:
@@ -428,6 +498,29 @@ class RegistryClient:
         last piece: on :class:`~lazyfs.errors.DigestMismatch` the caller must discard what
         ``sink`` received.
         """
+        delivered = 0
+
+        def counting(piece):
+            nonlocal delivered
+            delivered += len(piece)
+            return sink(piece)
+
+        async def one(routed: Reference) -> int:
+            if delivered:
+                # Bytes already went to the sink from another host: no switching now.
+                raise RegistryError(f"blob {digest}: the transfer broke after {delivered} bytes")
+            return await self._stream_blob(routed, digest, counting, size=size)
+
+        return await self._routed(ref, "pull", one)
+
+    async def _stream_blob(
+        self,
+        ref: Reference,
+        digest: Digest,
+        sink: Callable[[bytes], object],
+        *,
+        size: int | None = None,
+    ) -> int:
         what = f"blob {digest} in {ref.name}"
         verifier = Verifier(digest, what, size)
         received = 0
@@ -541,6 +634,21 @@ class RegistryClient:
         without allocating memory for the data. Until the call returns (and after it fails)
         the content of ``buffer`` is undefined.
         """
+        return await self._routed(
+            ref,
+            "pull",
+            lambda r: self._fetch_ranges_into(r, digest, ranges, buffer, blob_size=blob_size),
+        )
+
+    async def _fetch_ranges_into(
+        self,
+        ref: Reference,
+        digest: Digest,
+        ranges: Sequence[tuple[int, int]],
+        buffer: bytearray | memoryview,
+        *,
+        blob_size: int | None = None,
+    ) -> list[memoryview]:
         _check_ranges(ranges, blob_size)
         view = memoryview(buffer).cast("B")
         if len(view) < sum(length for _, length in ranges):
