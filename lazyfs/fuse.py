@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 import pyfuse3
@@ -41,6 +42,8 @@ log = logging.getLogger("lazyfs.fuse")
 #: How long the kernel may cache entries and attributes (the image is immutable).
 CACHE_TIMEOUT = 24 * 3600.0
 BLOCK_SIZE = 4096
+#: Seconds a failed read is remembered for the kernel's immediate second request.
+FAILURE_MEMORY = 1.0
 #: A read starting within this distance, or twice its own size, of where the file handle's
 #: reads have got to continues them (the kernel sends a sequential reader's reads a few at a
 #: time, and they may arrive out of order). Small, so that random reads are not taken for
@@ -68,6 +71,8 @@ class LazyOperations(pyfuse3.Operations):
         super().__init__()
         self.image = image
         self.tree = image.tree
+        # inode -> (until, offset, end) of a read that just failed (see read)
+        self._failures: dict[int, tuple[float, int, int]] = {}
         self._handles: dict[int, list[int]] = {}  # fh -> [inode, end of the last read]
         self._next_fh = 1
 
@@ -153,11 +158,21 @@ class LazyOperations(pyfuse3.Operations):
         handle = self._handles[fh]
         inode, last_end = handle
         sequential = off > 0 and abs(off - last_end) <= max(SEQUENTIAL_SLACK, 2 * size)
+        # The kernel asks once more, at once, when a read-ahead request failed (for the
+        # page it needs): answer that from memory, so that a read(2) fails within one read
+        # timeout instead of two. Used once; later reads are tried for real.
+        failed = self._failures.pop(inode, None)
+        overlaps = failed is not None and failed[1] < off + size and off < failed[2]
+        if overlaps and failed[0] > time.monotonic():
+            raise pyfuse3.FUSEError(errno.EIO)
         try:
             data = await self.image.read(inode, off, size, sequential=sequential)
         except LazyfsError as exc:
             # Counted per layer in the fetcher's stats (``lazyfs stats``).
             log.error("read of %s at %d failed: %s", self.tree.path(inode), off, exc)
+            self._failures[inode] = (time.monotonic() + FAILURE_MEMORY, off, off + size)
+            if len(self._failures) > 1024:
+                self._failures.pop(next(iter(self._failures)))
             raise pyfuse3.FUSEError(errno.EIO) from None
         end = off + len(data)
         handle[1] = max(handle[1], end) if sequential else end
