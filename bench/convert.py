@@ -127,9 +127,15 @@ def apt_mirror(suite: str = SUITE) -> str:
     raise SystemExit(f"no apt source for {suite} on this machine to debootstrap from")
 
 
-def build_rootfs() -> tuple[Path, float | None]:
-    """The cached Debian root filesystem; builds it first if needed (returns its seconds)."""
-    key = f"{SUITE}-{VARIANT}" + "".join(f"+{p}" for p in INCLUDE)
+def build_rootfs(
+    include: tuple[str, ...] = INCLUDE, name: str | None = None
+) -> tuple[Path, float | None]:
+    """The cached Debian root filesystem; builds it first if needed (returns its seconds).
+
+    ``include``: the packages added to minbase (debootstrap resolves their dependencies);
+    ``name``: the cache key (default: the suite, the variant and the packages).
+    """
+    key = name or f"{SUITE}-{VARIANT}" + "".join(f"+{p}" for p in include)
     root = CACHE / f"rootfs-{key}"
     if (CACHE / f"rootfs-{key}.done").is_file():
         return root, None
@@ -139,8 +145,8 @@ def build_rootfs() -> tuple[Path, float | None]:
     shutil.rmtree(root, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     cmd = ["debootstrap", f"--variant={VARIANT}"]
-    if INCLUDE:
-        cmd.append("--include=" + ",".join(INCLUDE))
+    if include:
+        cmd.append("--include=" + ",".join(include))
     cmd += [SUITE, str(tmp), mirror]
     say(f"building the Debian root filesystem: {' '.join(cmd)}")
     started = time.perf_counter()
@@ -160,15 +166,16 @@ def build_rootfs() -> tuple[Path, float | None]:
     return root, seconds
 
 
-def build_layout(rootfs: Path) -> tuple[Path, str]:
-    """A one-layer OCI image (gzip) of ``rootfs`` in a cached layout; returns (dir, tag)."""
+def build_layout(rootfs: Path, cmd: str = "/usr/bin/python3") -> tuple[Path, str]:
+    """A one-layer OCI image (gzip) of ``rootfs`` in a cached layout; returns (dir, tag).
+
+    ``cmd``: the image config's command.
+    """
     layout, tag = CACHE / f"oci-{rootfs.name.removeprefix('rootfs-')}", "debian"
     if (layout / "index.json").is_file() and (CACHE / f"{layout.name}.done").is_file():
         return layout, tag
     say(f"packing {rootfs.name} into an OCI image with umoci")
     shutil.rmtree(layout, ignore_errors=True)
-    for stale in CACHE.glob("layer-*.tar"):  # the plain tar of a previous layout
-        stale.unlink()
     run(["umoci", "init", "--layout", str(layout)])
     run(["umoci", "new", "--image", f"{layout}:{tag}"])
     run(["umoci", "insert", "--image", f"{layout}:{tag}", str(rootfs), "/"])
@@ -179,7 +186,7 @@ def build_layout(rootfs: Path) -> tuple[Path, str]:
             "--image",
             f"{layout}:{tag}",
             "--config.cmd",
-            "/usr/bin/python3",
+            cmd,
             "--config.workingdir",
             "/",
             "--config.env",

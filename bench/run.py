@@ -168,13 +168,20 @@ def _layout_image() -> tuple[Path, Path, dict, dict]:
 
 
 async def _push_gzip(
-    client: RegistryClient, ref: Reference, blob: Path, layer: dict, config: dict
+    client: RegistryClient,
+    ref: Reference,
+    blob: Path,
+    layer: dict,
+    config: dict,
+    cmd: tuple[str, ...] = ("python3",),
 ) -> int:
-    """The layout's gzip layer as a one-layer image whose config's Cmd is ``["python3"]``.
+    """The layout's layer as a one-layer image whose config's Cmd is ``cmd``.
 
+    ``layer`` gives the blob's ``mediaType``, ``digest`` and ``size`` (gzip as the layout
+    has it, or any other compression of the same tar: the config's diff IDs stay valid).
     Returns the bytes of the config and the manifest.
     """
-    config = {**config, "config": {**config.get("config", {}), "Cmd": ["python3"]}}
+    config = {**config, "config": {**config.get("config", {}), "Cmd": list(cmd)}}
     config_bytes = json.dumps(config, sort_keys=True).encode()
     await client.push_blob(ref, Digest(layer["digest"]), blob)
     await client.push_blob(ref, Digest.of(config_bytes), config_bytes)
@@ -543,8 +550,8 @@ def timed(argv: list[str], *, env: dict[str, str] | None = None) -> Timed:
     )
 
 
-def _check_output(result: Timed, what: str) -> None:
-    if result.returncode != 0 or result.stdout.strip() != EXPECTED_OUTPUT:
+def _check_output(result: Timed, what: str, expected: str = EXPECTED_OUTPUT) -> None:
+    if result.returncode != 0 or result.stdout.strip() != expected:
         raise RuntimeError(
             f"{what}: {' '.join(result.argv)} exited with {result.returncode}, stdout "
             f"{result.stdout.strip()[:200]!r}; stderr:\n{result.stderr.strip()[-3000:]}"
@@ -584,22 +591,40 @@ def parse_verbose(stderr: str) -> dict:
     return {"phases": phases, **fetched}
 
 
-def lazyfs_once(ref: str) -> dict:
-    """One cold ``lazyfs run`` of the command: new cache and state directories, caches dropped."""
+def lazyfs_once(
+    ref: str,
+    command: tuple[str, ...] = COMMAND,
+    expected: str = EXPECTED_OUTPUT,
+    *,
+    warm: bool = False,
+) -> dict:
+    """One cold ``lazyfs run`` of ``command``: new cache and state directories, caches dropped.
+
+    ``warm``: then run it again with the same cache directory, nothing dropped (the
+    result's ``"warm"``: the same keys, for a start whose caches are full).
+    """
     cache_dir, tmp = _next("cache"), _next("tmp")
     tmp.mkdir(parents=True)
     argv = [*LAZYFS, "run", "--verbose", "--cache-dir", str(cache_dir), "--network", "host"]
-    argv += [ref, *COMMAND]
-    try:
-        drop_caches()
-        result = timed(argv, env={**os.environ, "TMPDIR": str(tmp)})
-        _check_output(result, "lazyfs run")
+    argv += [ref, *command]
+    env = {**os.environ, "TMPDIR": str(tmp)}
+
+    def once() -> dict:
+        result = timed(argv, env=env)
+        _check_output(result, "lazyfs run", expected)
         return {
             "first_output": result.first_output,
             "wall": result.wall,
             **parse_verbose(result.stderr),
             "stderr": result.stderr,
         }
+
+    try:
+        drop_caches()
+        out = once()
+        if warm:
+            out["warm"] = once()
+        return out
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -621,8 +646,18 @@ def _unmount_under(root: Path) -> None:
         subprocess.run(["umount", "-l", path], check=False)
 
 
-def containerd_once(ref: str) -> dict:
-    """One cold pull + run with a containerd of its own (new root); everything removed after."""
+def containerd_once(
+    ref: str,
+    command: tuple[str, ...] = COMMAND,
+    expected: str = EXPECTED_OUTPUT,
+    *,
+    warm: bool = False,
+) -> dict:
+    """One cold pull + run with a containerd of its own (new root); everything removed after.
+
+    ``warm``: then ``ctr run`` the command again (the image stays pulled and unpacked,
+    nothing dropped): the result's ``"warm"`` (``run``, ``run_first_output``).
+    """
     workdir = _next("containerd")
     cid = f"bench-{workdir.name}-{os.getpid()}"
     server = ContainerdServer(workdir, namespace=NAMESPACE, log_level="warn")
@@ -643,10 +678,15 @@ def containerd_once(ref: str) -> dict:
         unpack_s = go_duration(unpack[0])
         options = ["--rm", "--net-host", "--snapshotter", "overlayfs"]
         options += ["--runc-root", str(runc_root)]
-        run = timed([*base, "run", *options, ref, cid, *COMMAND])
-        _check_output(run, "ctr run")
+        run = timed([*base, "run", *options, ref, cid, *command])
+        _check_output(run, "ctr run", expected)
+        again = None
+        if warm:
+            again = timed([*base, "run", *options, ref, cid + "-warm", *command])
+            _check_output(again, "ctr run (warm)", expected)
         content = server.ctr("content", "ls", "--quiet").stdout.split()
         return {
+            **({"warm": {"run": again.wall, "first_output": again.first_output}} if again else {}),
             "containerd_start": start_s,
             "pull": pull.wall,
             "unpack": unpack_s,
@@ -659,9 +699,10 @@ def containerd_once(ref: str) -> dict:
         }
     finally:
         if server.running:  # a failed run may have left its task and container
-            for args in (("task", "rm", "--force", cid), ("container", "rm", cid)):
-                with contextlib.suppress(CtrError):
-                    server.ctr(*args, check=False, timeout=60)
+            for name in (cid, cid + "-warm"):
+                for args in (("task", "rm", "--force", name), ("container", "rm", name)):
+                    with contextlib.suppress(CtrError):
+                        server.ctr(*args, check=False, timeout=60)
         server.stop()
         _unmount_under(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
