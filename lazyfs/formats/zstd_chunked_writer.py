@@ -24,10 +24,12 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import io
 import logging
 import os
 import struct
 import tarfile
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,9 +89,30 @@ class WriteResult:
     extra: dict = field(default_factory=dict)
 
 
-@dataclass
+class _Info:
+    """What the writer keeps of a tar member after its header has been read: a
+    :class:`tarfile.TarInfo` (with its PAX headers) costs far more, times a million."""
+
+    __slots__ = ("linkname", "name", "size", "sparse", "type")
+
+    def __init__(self, info: tarfile.TarInfo) -> None:
+        self.name = info.name
+        self.linkname = info.linkname
+        self.type = info.type
+        self.size = info.size
+        self.sparse = tuple(info.sparse) if info.sparse else None
+
+    def isreg(self) -> bool:
+        return self.type in tarfile.REGULAR_TYPES or self.type == tarfile.GNUTYPE_SPARSE
+
+    def islnk(self) -> bool:
+        return self.type == tarfile.LNKTYPE
+
+
+@dataclass(slots=True)
 class _Member:
-    info: tarfile.TarInfo
+    info: _Info
+    entry: bytes  # its TOC entry, as JSON (content fields are added when it is written)
     start: int  # where its first header block starts in the source tar
     data: int  # where its stored content starts
     stored: int  # bytes of stored content (sparse files: only the data segments)
@@ -131,13 +154,16 @@ def _members(tar_path: Path, layer: str) -> tuple[list[_Member], int]:
     position = 0
     try:
         with tarfile.open(tar_path, "r:", encoding="utf-8", errors="surrogateescape") as tf:
-            for info in tf:
+            while (info := tf.next()) is not None:
+                tf.members.clear()  # tarfile keeps every TarInfo otherwise
                 stored = 0
                 if info.isreg():
                     stored = sum(n for _, n in info.sparse) if info.sparse else info.size
                 end = info.offset_data + stored
                 end += -end % _BLOCK
-                members.append(_Member(info, position, info.offset_data, stored, end))
+                # orjson's bytes keep a 4 KiB buffer: copy to the exact size.
+                entry = bytes(memoryview(orjson.dumps(_toc_entry(info, layer))))
+                members.append(_Member(_Info(info), entry, position, info.offset_data, stored, end))
                 position = end
     except tarfile.TarError as exc:
         raise LayerIndexError(f"layer {layer}: not a valid tar ({exc})") from None
@@ -301,10 +327,20 @@ def write_zstd_chunked(
         members, moved = _reorder(members, prioritize, layer)
 
     diff = hashlib.sha256()
-    toc_entries: list[dict] = []
-    split: list[bytes] = []
+    # The TOC entries and the tar-split records go to temporary files as they are made
+    # (a million entries would otherwise take gigabytes in Python objects).
+    toc_file = tempfile.TemporaryFile(dir=out_path.parent)  # noqa: SIM115 (closed below)
+    split = _SpillList(tempfile.TemporaryFile(dir=out_path.parent))  # noqa: SIM115
+    toc_count = 0
     chunk_count = 0
     prefetch_offset = None
+
+    def add_toc_entries(entries: list[dict]) -> None:
+        nonlocal toc_count
+        for entry in entries:
+            toc_file.write(b"," if toc_count else b"")
+            toc_file.write(orjson.dumps(entry))
+            toc_count += 1
 
     def note_segment(data: bytes) -> None:
         if data:
@@ -314,7 +350,7 @@ def write_zstd_chunked(
                 )
             )
 
-    with open(tar_path, "rb") as src, open(out_path, "wb") as f:
+    with toc_file, split.file, open(tar_path, "rb") as src, open(out_path, "wb") as f:
         out = _Out(f, level)
 
         def read(offset: int, length: int) -> bytes:
@@ -340,19 +376,20 @@ def write_zstd_chunked(
                 frame = b""
 
         for n, m in enumerate(members):
-            entry = _toc_entry(m.info, layer)
-            toc_entries.append(entry)
+            entry = orjson.loads(m.entry)
+            pending = [entry]  # this member's TOC entries: it and its further chunks
             header = read(m.start, m.data - m.start)
             frame += header
             note_segment(segment + header)
             segment = b""
             if m.stored:
                 flush_frame()
-                chunk_count += _write_content(out, entry, toc_entries, m, read, chunk_size, split)
+                chunk_count += _write_content(out, entry, pending, m, read, chunk_size, split)
                 segment = read(m.data + m.stored, m.end - m.data - m.stored)
                 frame = segment
             else:
                 split.append(_file_record(m.info.name, 0, None, len(split)))
+            add_toc_entries(pending)
             if n + 1 == moved:
                 flush_frame()
                 prefetch_offset = out.offset
@@ -363,30 +400,29 @@ def write_zstd_chunked(
         note_segment(segment)
         flush_frame()
 
-        tar_split = b"\n".join(split) + b"\n"
-        split_z = zstandard.ZstdCompressor(level=level).compress(tar_split)
-        toc: dict = {
-            "version": 1,
-            "entries": toc_entries,
-            "tarSplitDigest": str(Digest.of(split_z)),
-        }
+        split_z, split_size = _compress_file(split.file, level)
+        tail: dict = {"tarSplitDigest": str(Digest.of(split_z))}
         if prefetch_offset is not None:
-            toc[LAZYFS_PREFETCH_KEY] = prefetch_offset
-        toc_json = orjson.dumps(toc)
-        if len(toc_json) > MAX_TOC_SIZE:
+            tail[LAZYFS_PREFETCH_KEY] = prefetch_offset
+        # {"version":1,"entries":[...],"tarSplitDigest":...}: the entries are in toc_file.
+        toc_file.write(b"]," + orjson.dumps(tail)[1:])
+        head = b'{"version":1,"entries":['
+        toc_size = len(head) + toc_file.seek(0, os.SEEK_END)
+        if toc_size > MAX_TOC_SIZE:
             raise LayerIndexError(
-                f"layer {layer}: its TOC would be {len(toc_json)} bytes, more than the "
+                f"layer {layer}: its TOC would be {toc_size} bytes, more than the "
                 f"{MAX_TOC_SIZE} lazyfs reads; such a layer cannot be made lazy"
             )
-        if len(toc_json) > CONTAINERS_STORAGE_MAX_TOC:
+        if toc_size > CONTAINERS_STORAGE_MAX_TOC:
             log.warning(
                 "layer %s: its TOC is %d bytes; podman (containers/storage) pulls layers whose "
                 "TOC exceeds %d bytes whole",
                 layer,
-                len(toc_json),
+                toc_size,
                 CONTAINERS_STORAGE_MAX_TOC,
             )
-        toc_z = zstandard.ZstdCompressor(level=level).compress(toc_json)
+        toc_z, _ = _compress_file(toc_file, level, head=head)
+        toc_json_size = toc_size
         toc_offset = out.skippable(toc_z)
         split_offset = out.skippable(split_z)
         out.skippable(
@@ -394,11 +430,11 @@ def write_zstd_chunked(
                 "<7Q",
                 toc_offset,
                 len(toc_z),
-                len(toc_json),
+                toc_json_size,
                 1,
                 split_offset,
                 len(split_z),
-                len(tar_split),
+                split_size,
             )
             + _FOOTER_MAGIC
         )
@@ -407,8 +443,8 @@ def write_zstd_chunked(
 
     annotations = {
         ZSTD_CHUNKED_MANIFEST_CHECKSUM: str(Digest.of(toc_z)),
-        ZSTD_CHUNKED_MANIFEST_POSITION: f"{toc_offset}:{len(toc_z)}:{len(toc_json)}:1",
-        ZSTD_CHUNKED_TARSPLIT_POSITION: f"{split_offset}:{len(split_z)}:{len(tar_split)}",
+        ZSTD_CHUNKED_MANIFEST_POSITION: f"{toc_offset}:{len(toc_z)}:{toc_json_size}:1",
+        ZSTD_CHUNKED_TARSPLIT_POSITION: f"{split_offset}:{len(split_z)}:{split_size}",
         TARSPLIT_CHECKSUM_ANNOTATION: str(Digest.of(split_z)),
     }
     if prefetch_offset is not None:
@@ -423,7 +459,7 @@ def write_zstd_chunked(
         entries=len(members),
         chunks=chunk_count,
         prefetch_offset=prefetch_offset,
-        toc_size=len(toc_json),
+        toc_size=toc_json_size,
     )
 
 
@@ -509,6 +545,36 @@ def _write_content(
             toc_entries.append({"type": "chunk", "name": info.name, **piece})
     split.append(_file_record(info.name, m.stored, crc, len(split)))
     return len(pieces)
+
+
+class _SpillList:
+    """The tar-split records, appended to a temporary file as lines; ``len`` counts them."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.count = 0
+
+    def append(self, record: bytes) -> None:
+        self.file.write(record)
+        self.file.write(b"\n")
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _compress_file(file, level: int, *, head: bytes = b"") -> tuple[bytes, int]:
+    """``head`` + the whole of ``file`` as one zstd frame (content size in its header),
+    and that uncompressed size."""
+    size = len(head) + file.seek(0, os.SEEK_END)
+    file.seek(0)
+    cctx = zstandard.ZstdCompressor(level=level)
+    sink = io.BytesIO()
+    with cctx.stream_writer(sink, size=size, closefd=False) as writer:
+        writer.write(head)
+        while block := file.read(_COPY):
+            writer.write(block)
+    return sink.getvalue(), size
 
 
 def _hash_zeros(hasher, n: int) -> None:
