@@ -18,7 +18,9 @@ parts' own code (:mod:`bench.convert` builds the images and times conversions,
 3. **Cold start**, per profile, image and command (``python3 -c 'print(1)'``, ``sh -c
    true``), sides taking turns, from empty caches: ``lazyfs run`` of the converted image,
    ``lazyfs run`` of the gzip image, containerd's ``ctr image pull`` + ``ctr run`` of the
-   gzip image (and of the zstd image for the python3 image); the phases of each, the bytes
+   gzip image (and of the zstd image for the python3 image), and containerd with ``lazyfs
+   snapshotter`` as its snapshotter (CRI ``PullImage`` of the converted image, then ``ctr
+   run --snapshotter lazyfs``; :func:`snapshotter_once`); the phases of each, the bytes
    fetched, and the warm start (the same command again, caches full).
 4. **Throughput**, per profile: a 512 MiB file of random bytes read sequentially cold and
    warm and 4 KiB random reads, lazyfs against the same file on the local disk, and the
@@ -29,14 +31,16 @@ parts' own code (:mod:`bench.convert` builds the images and times conversions,
 
 ``--quick``: loopback only, one run, no big image, a 64 MiB file, 10,000 files, no
 million-file image (a few minutes). Writes ``bench/results/<UTC date>-<host>.md`` and
-``.json`` and the charts ``…-coldstart.png`` and ``…-throughput.png``. Needs root.
-Nothing is left mounted or running and no namespace is left behind, errors and Ctrl-C
-included. Medians; nothing is asserted about timings.
+``.json`` and the charts ``…-coldstart.png`` and ``…-throughput.png`` (``-quick`` added for
+the quick mode, ``-subset`` when ``--runs``, ``--profiles`` or ``--images`` narrowed it).
+Needs root. Nothing is left mounted or running and no namespace is left behind, errors and
+Ctrl-C included. Medians; nothing is asserted about timings.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -57,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
 
+import grpc
 import trio
 import zstandard
 
@@ -67,11 +72,22 @@ from bench._common import RESULTS, cpu_model, say
 from bench._common import median as med
 from bench._common import percentile as pct
 from bench._netem import PROFILES, ShapedNetwork
+from lazyfs.errors import LazyfsError
 from lazyfs.formats.zstd_chunked_writer import DEFAULT_CHUNK_SIZE
 from lazyfs.oci import mediatypes
 from lazyfs.oci.reference import Reference
 from lazyfs.oci.registry import RegistryClient
 from lazyfs.oci.store import open_store
+from lazyfs.snapshotter.layers import LayerServer
+from tests.harness.containerd import CtrError
+from tests.harness.containerd_lazyfs import (
+    SnapshotterProcess,
+    cri_pull,
+    lazyfs_containerd,
+    mounts_under,
+    unmount_all_under,
+    write_hosts_toml,
+)
 from tests.harness.registry import RegistryServer
 
 BENCH = Path(__file__).resolve().parent
@@ -107,7 +123,7 @@ SPECS = {
             (),
             ("sh",),
             ("sh",),
-            ("lazyfs", "lazyfs-gzip", "containerd"),
+            ("lazyfs", "lazyfs-gzip", "containerd", "snapshotter"),
         ),
         Spec(
             "python",
@@ -115,7 +131,7 @@ SPECS = {
             ("python3",),
             ("python3",),
             ("python3", "sh"),
-            ("lazyfs", "lazyfs-gzip", "containerd", "containerd-zstd"),
+            ("lazyfs", "lazyfs-gzip", "containerd", "containerd-zstd", "snapshotter"),
         ),
         Spec(
             "big",
@@ -123,7 +139,7 @@ SPECS = {
             ("python3", "build-essential", "golang-1.19-go", "clang", "gfortran"),
             ("python3",),
             ("python3",),
-            ("lazyfs", "containerd"),
+            ("lazyfs", "containerd", "snapshotter"),
         ),
     )
 }
@@ -142,14 +158,12 @@ SHORT_LABELS = {
     "lazyfs-gzip": "lazyfs gzip",
     "containerd": "ctrd gzip",
     "containerd-zstd": "ctrd zstd",
+    "snapshotter": "ctrd+lazyfs",
 }
 #: Chart phases (stacked bottom to top), as in the usual pull/create/run charts.
 PHASES = ("fetch", "unpack / index", "create / mount", "run", "start, teardown")
-SNAPSHOTTER_NOTE = (
-    "not measured: `lazyfs snapshotter` serves images through containerd's CRI pull with "
-    "snapshot annotations (tests/harness/containerd_lazyfs.py); the suite's `ctr` path does "
-    "not drive it yet"
-)
+#: containerd's namespace for CRI's images (where CRI PullImage puts them).
+CRI_NAMESPACE = "k8s.io"
 
 
 @dataclass(frozen=True)
@@ -302,7 +316,103 @@ def _slim(sample: dict) -> dict:
     return out
 
 
+def _ctr_stop_all(server) -> None:
+    """Kill and remove every task and container of CRI's namespace (a failed run's)."""
+    listed = server.ctr("containers", "ls", "-q", namespace=CRI_NAMESPACE, check=False)
+    for name in listed.stdout.split():
+        for args in (("tasks", "kill", "-s", "KILL", name), ("tasks", "rm", "-f", name)):
+            with contextlib.suppress(CtrError):
+                server.ctr(*args, namespace=CRI_NAMESPACE, check=False, timeout=60)
+        with contextlib.suppress(CtrError):
+            server.ctr("containers", "rm", name, namespace=CRI_NAMESPACE, check=False)
+
+
+def snapshotter_once(host: str, ref: str, argv: tuple, expected: str, *, warm: bool) -> dict:
+    """One cold start through containerd with ``lazyfs snapshotter`` as its snapshotter.
+
+    A new containerd (CRI on, ``snapshotter = "lazyfs"``, a hosts directory sending
+    ``host`` to ``http://host``), a new ``lazyfs snapshotter`` with a new root and chunk
+    cache (it starts its own ``lazyfs layerd``); caches dropped; CRI ``PullImage`` of
+    ``ref`` (the lazy layers become remote snapshots: only their indexes are fetched), then
+    ``ctr run --snapshotter lazyfs --rm``. ``warm``: the same ``ctr run`` again. The bytes
+    are the layer server's registry traffic (index reads and chunks) during the pull and
+    the first run. containerd, the snapshotter, the layer server, the containers and every
+    mount are gone afterwards, errors included.
+    """
+    workdir = run_bench._next("snapshotter")
+    workdir.mkdir(parents=True)
+    root = workdir / "lazyfs"
+    hosts = workdir / "hosts"
+    write_hosts_toml(hosts, host, f"http://{host}")
+    snap = SnapshotterProcess(root, workdir / "snapshotter.sock", log_path=workdir / "snap.log")
+    server = lazyfs_containerd(
+        workdir / "containerd", snap.address, hosts, namespace=CRI_NAMESPACE, log_level="warn"
+    )
+    layers = LayerServer(root)
+    runc_root = Path(tempfile.mkdtemp(prefix="lazyfs-bench-runc-", dir=run_bench._tmpfs_base()))
+    cid = f"bench-{workdir.name}-{os.getpid()}"
+    try:
+        started = time.perf_counter()
+        snap.start()
+        server.start()
+        start_s = time.perf_counter() - started
+        base = ["ctr", "--address", server.address, "--namespace", CRI_NAMESPACE, "run"]
+        base += ["--rm", "--net-host", "--snapshotter", "lazyfs", "--runc-root", str(runc_root)]
+        before = layers.stats()["registry"]["bytes_received"]
+        run_bench.drop_caches()
+        started = time.perf_counter()
+        try:
+            cri_pull(server.address, ref, timeout=run_bench.CMD_TIMEOUT)
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"CRI PullImage of {ref} failed: {exc.details()}") from None
+        pull_s = time.perf_counter() - started
+        pulled = layers.stats()["registry"]["bytes_received"] - before
+        run = run_bench.timed([*base, ref, cid, *argv])
+        run_bench._check_output(run, "ctr run --snapshotter lazyfs", expected)
+        stats = layers.stats()
+        fetched = stats["registry"]["bytes_received"] - before
+        out = {
+            "containerd_start": start_s,
+            "pull": pull_s,
+            "fetch": pull_s,
+            "unpack": 0.0,
+            "run": run.wall,
+            "run_first_output": run.first_output,
+            "first_output": pull_s + run.first_output,
+            "wall": pull_s + run.wall,
+            "bytes_fetched": fetched,
+            "bytes_pull": pulled,
+            "layers": len(layers.list_layers()),
+            "registry_requests": stats["registry"].get("requests"),
+        }
+        if warm:
+            again = run_bench.timed([*base, ref, cid + "-warm", *argv])
+            run_bench._check_output(again, "ctr run --snapshotter lazyfs (warm)", expected)
+            out["warm"] = {"run": again.wall, "first_output": again.first_output}
+        return out
+    except (LazyfsError, CtrError) as exc:
+        raise RuntimeError(f"containerd + lazyfs snapshotter: {exc}") from None
+    finally:
+        try:
+            if server.running:
+                _ctr_stop_all(server)
+        finally:
+            server.stop()
+            snap.stop()
+            try:
+                layers.stop()
+            except LazyfsError as exc:
+                say(f"stopping the layer server: {exc}")
+            unmount_all_under(workdir)
+            if mounts_under(workdir):
+                say(f"still mounted under {workdir}: {mounts_under(workdir)}")
+            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(runc_root, ignore_errors=True)
+
+
 def _cold_start(side: str, host: str, refs: dict, argv: tuple, expected: str) -> dict:
+    if side == "snapshotter":
+        return snapshotter_once(host, _on(host, refs["converted"]), argv, expected, warm=True)
     if side.startswith("lazyfs"):
         ref = refs["converted" if side == "lazyfs" else "gzip"]
         return run_bench.lazyfs_once(_on(host, ref), argv, expected, warm=True)
@@ -574,7 +684,7 @@ def summarise(res: dict) -> dict:
                         "phases": {ph: med(phases_of(s)[ph] for s in samples) for ph in PHASES},
                         "runs": len(samples),
                     }
-                    if lazy:
+                    if "bytes_fetched" in samples[0]:  # measured: lazyfs run, the snapshotter
                         row["bytes"] = med(s["bytes_fetched"] for s in samples)
                     else:
                         kind = "zstd" if side == "containerd-zstd" else "gzip"
@@ -600,6 +710,21 @@ def summarise(res: dict) -> dict:
                     )
                     out["ratios"].append(
                         (f"warm start vs containerd warm `ctr run` ({what})", lz["warm_ratio"])
+                    )
+                if "snapshotter" in rows and ref:
+                    sn = rows["snapshotter"]
+                    what = f"{profile}, {key}, {COMMAND_LABELS[ck]}"
+                    out["ratios"].append(
+                        (
+                            f"containerd + lazyfs snapshotter cold vs containerd ({what})",
+                            sn["ratio"],
+                        )
+                    )
+                    out["ratios"].append(
+                        (
+                            f"containerd + lazyfs snapshotter warm vs containerd ({what})",
+                            sn["warm_ratio"],
+                        )
                     )
     for profile, t in res["throughput"].items():
         size = t["bytes"]
@@ -767,7 +892,6 @@ def render(res: dict) -> str:
                         + f" | {r['bytes'] / MB:.1f} | {r['share_gzip']:.1%} | {r['warm']:.2f} | "
                         f"{r.get('warm_ratio', float('nan')):.2f} | {ph} |"
                     )
-        w(f"| {profile} | all | | {SIDE_LABELS['snapshotter']} | {SNAPSHOTTER_NOTE} |" + " |" * 12)
     w()
     w(
         "to exit: from starting the command (containerd: `ctr image pull`) to its exit; first "
@@ -780,7 +904,13 @@ def render(res: dict) -> str:
         "`--verbose` resolve (fetch), index (for gzip: streaming and indexing the whole "
         "layer), merge + mount, exec + run, and the rest (interpreter start, imports, "
         "teardown); containerd's pull (fetch), the unpack time `ctr` prints, and `ctr run` "
-        "(create, start, run, remove)."
+        "(create, start, run, remove). containerd + lazyfs snapshotter: a new containerd "
+        '(CRI, `snapshotter = "lazyfs"`) and a new `lazyfs snapshotter` (new root and '
+        "chunk cache, its own `lazyfs layerd`) per run; to exit = CRI `PullImage` of the "
+        "converted image (fetch: the layers become remote snapshots, only their indexes "
+        "are read) + `ctr run --snapshotter lazyfs --rm` (run); MB fetched: the layer "
+        "server's registry traffic (`LayerServer.stats()`) over both (the manifest and "
+        "config containerd fetches itself, a few kB, not counted); warm: a second `ctr run`."
     )
     w()
     w("## Throughput")
@@ -859,20 +989,28 @@ def render_compact(res: dict) -> str:
 
     w(
         "| network | image | command | lazyfs s | lazyfs gzip s | containerd gzip s | ratio "
-        "| lazyfs MB (% of gzip) | warm lazyfs / containerd s |"
+        "| lazyfs MB (% of gzip) | warm lazyfs / containerd s | containerd + lazyfs "
+        "snapshotter s (ratio, MB, warm s) |"
     )
-    w("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for profile, per_image in s["cold"].items():
         for key, per_cmd in per_image.items():
             for ck, rows in per_cmd.items():
                 if "lazyfs" not in rows or "containerd" not in rows:
                     continue
                 lz, ct, gz = rows["lazyfs"], rows["containerd"], rows.get("lazyfs-gzip")
+                sn = rows.get("snapshotter")
                 w(
                     f"| {profile} | {key} | `{COMMAND_LABELS[ck]}` | {lz['wall']:.2f} | "
                     + (f"{gz['wall']:.2f}" if gz else "-")
                     + f" | {ct['wall']:.2f} | {lz['ratio']:.2f} | {lz['bytes'] / MB:.1f} "
-                    f"({lz['share_gzip']:.1%}) | {lz['warm']:.2f} / {ct['warm']:.2f} |"
+                    f"({lz['share_gzip']:.1%}) | {lz['warm']:.2f} / {ct['warm']:.2f} | "
+                    + (
+                        f"{sn['wall']:.2f} ({sn['ratio']:.2f}, {sn['bytes'] / MB:.1f} MB, "
+                        f"{sn['warm']:.2f}) |"
+                        if sn
+                        else "- |"
+                    )
                 )
     w()
     w(
@@ -1054,6 +1192,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown := [n for n in names if n not in SPECS]:
             raise SystemExit(f"unknown images {unknown}; known: {list(SPECS)}")
         mode = dataclasses.replace(mode, images=names)
+    if args.runs or args.profiles or args.images:  # saved apart from the mode's own results
+        mode = dataclasses.replace(mode, name=mode.name + "-subset")
     signal.signal(signal.SIGTERM, _interrupted)
     res = bench(mode)
     text = render(res)
