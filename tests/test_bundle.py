@@ -76,7 +76,9 @@ def bundle(image: str, directory: Path, cache: Path, *args: str) -> Iterator[Pat
         assert not (directory / ".lazyfs").exists()
 
 
-SCRIPT = 'echo "$GREETING from $(id -un) in $(pwd)"; cat motd; echo change > /home/app/written; exit 3'
+SCRIPT = (
+    'echo "$GREETING from $(id -un) in $(pwd)"; cat motd; echo change > /home/app/written; exit 3'
+)
 
 
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))

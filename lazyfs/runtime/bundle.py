@@ -30,7 +30,8 @@ from ..fs.image import LazyImage, MountOptions, open_image
 from ..fuse import mount_image
 from ..oci.store import ImageStore
 from .config import RunOptions, apply_user_env, process_spec, resolve_user, runtime_spec
-from .syscalls import MNT_DETACH, mount, umount2
+from .container import detach_mount, mount_overlay
+from .syscalls import MNT_DETACH, umount2
 
 __all__ = ["BundlePaths", "serve_bundle", "unmount_bundle"]
 
@@ -58,15 +59,7 @@ def _prepare(paths: BundlePaths, image: LazyImage, options: RunOptions, hostname
     """(From a worker thread: the image is served by this process.) Overlay and config."""
     for d in (paths.upper, paths.work, paths.rootfs):
         d.mkdir(parents=True, exist_ok=True)
-    if any(c in str(paths.state) for c in ",:\\"):
-        raise LazyfsError(f"overlayfs cannot use a path with ',', ':' or '\\': {paths.state}")
-    mount(
-        "overlay",
-        str(paths.rootfs),
-        "overlay",
-        0,
-        f"lowerdir={paths.lower},upperdir={paths.upper},workdir={paths.work}",
-    )
+    mount_overlay(paths.lower, paths.upper, paths.work, paths.rootfs)
     process = process_spec(image.image.config, options, hostname=hostname)
     user = resolve_user(process.user, paths.rootfs)
     process.env = apply_user_env(process.env, user)
@@ -131,17 +124,9 @@ async def serve_bundle(
                     await stopping.wait()
                 finally:
                     with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(_detach, paths.rootfs)
+                        await trio.to_thread.run_sync(detach_mount, paths.rootfs)
                     nursery.cancel_scope.cancel()
     finally:
         image.close()
         if not is_mountpoint(paths.lower) and not is_mountpoint(paths.rootfs):
             shutil.rmtree(paths.state, ignore_errors=True)
-
-
-def _detach(path: Path) -> None:
-    try:
-        if is_mountpoint(path):
-            umount2(str(path), MNT_DETACH)
-    except OSError as exc:
-        log.error("could not unmount %s: %s", path, exc)

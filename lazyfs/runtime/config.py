@@ -36,6 +36,8 @@ from typing import Any
 
 from lazyfs.errors import LazyfsError
 from lazyfs.oci.manifest import ImageConfig
+from lazyfs.runtime import init as _init
+from lazyfs.runtime.init import DEFAULT_CAPABILITIES, DEFAULT_PATH, MAX_SYMLINKS
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
@@ -63,30 +65,6 @@ __all__ = [
 OCI_VERSION = "1.0.2"
 """The runtime-spec version :func:`runtime_spec` documents claim (runc 1.1, crun 1.8 and
 gVisor accept it)."""
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-"""``PATH`` when neither the image nor the options set one (Docker's default)."""
-
-DEFAULT_CAPABILITIES: tuple[str, ...] = (
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-)
-"""The capabilities Docker and Podman give a container that asks for none."""
-
-MAX_SYMLINKS = 40
-"""Symbolic links :func:`resolve_in_root` follows before giving up (the kernel's limit)."""
 
 MAX_USER_DB_SIZE = 4 * 1024 * 1024
 """Largest ``/etc/passwd`` or ``/etc/group`` :func:`resolve_user` reads."""
@@ -335,49 +313,22 @@ def _environment(
 def resolve_in_root(rootfs: Path, path: str) -> Path:
     """Resolve *path* as the container would see it, without ever leaving *rootfs*.
 
-    *path* is taken relative to *rootfs* whether or not it starts with ``/``. Components
-    are resolved one at a time: ``..`` never climbs above *rootfs*, an absolute symbolic
-    link restarts at *rootfs*, a relative one continues from the link's directory, and at
-    most :data:`MAX_SYMLINKS` links are followed (more raise :class:`RunConfigError`, like
-    ``ELOOP``). Components that do not exist are appended as they are, so the result may
-    not exist; the last component is never a symbolic link when it exists.
+    :func:`lazyfs.runtime.init.resolve_in_root` does the walk (``..`` stops at the root, an
+    absolute link restarts there, at most :data:`MAX_SYMLINKS` links); components that do
+    not exist are appended, so the result may not exist. Its errors are
+    :class:`RunConfigError` here.
 
     The answer is only as good as the tree is still: a tree changed concurrently by
     someone else can still swap a directory for a link after the check.
     """
-    root = Path(os.path.abspath(rootfs))
-    pending = [part for part in reversed(path.split("/")) if part]
-    resolved: list[str] = []
-    hops = 0
-    while pending:
-        part = pending.pop()
-        if part == ".":
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        try:
-            info = os.lstat(candidate)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                resolved.append(part)
-                continue
-            raise RunConfigError(f"cannot resolve {path} in {rootfs}: {exc.strerror}") from None
-        if not stat.S_ISLNK(info.st_mode):
-            resolved.append(part)
-            continue
-        hops += 1
-        if hops > MAX_SYMLINKS:
-            raise RunConfigError(
-                f"cannot resolve {path} in {rootfs}: too many levels of symbolic links"
-            )
-        target = os.readlink(candidate)
-        if target.startswith("/"):
-            resolved.clear()
-        pending.extend(part for part in reversed(target.split("/")) if part)
-    return root.joinpath(*resolved)
+    try:
+        host, missing = _init.resolve_in_root(os.path.abspath(rootfs), path)
+    except _init.SetupError as exc:
+        raise RunConfigError(f"cannot resolve {path} in {rootfs}: {exc}") from None
+    # A link's target may hold ".." past the missing directory: clamp it lexically, so the
+    # result stays under the part that exists (it does not exist anyway).
+    rest = posixpath.normpath("/" + "/".join(missing)).lstrip("/")
+    return Path(host, rest) if rest else Path(host)
 
 
 def _read_image_file(rootfs: Path, name: str) -> str | None:

@@ -64,7 +64,7 @@ from .config import (
 from .init import InitSpec
 from .syscalls import MNT_DETACH, mount, umount2
 
-__all__ = ["RunReport", "RunSettings", "run_container"]
+__all__ = ["RunReport", "RunSettings", "detach_mount", "mount_overlay", "run_container"]
 
 log = logging.getLogger("lazyfs.run")
 
@@ -127,7 +127,8 @@ def _etc_files(state: Path, hostname: str, network: str) -> dict[str, str]:
     return {f"/etc/{name}": str(etc / name) for name in ("hostname", "hosts", "resolv.conf")}
 
 
-def _overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
+def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
+    """A writable overlayfs at ``target`` over the image mounted at ``lower``."""
     for path in (lower, upper, work):
         if any(c in str(path) for c in ",:\\"):
             raise LazyfsError(f"overlayfs cannot use a path with ',', ':' or '\\': {path}")
@@ -165,7 +166,7 @@ class _Container:
         upper, work = self.state / "upper", self.state / "work"
         for d in (upper, work, self.rootfs):
             d.mkdir()
-        _overlay(self.lower, upper, work, self.rootfs)
+        mount_overlay(self.lower, upper, work, self.rootfs)
         spec = process_spec(self.image.image.config, self.options, hostname=self.hostname)
         user = resolve_user(spec.user, self.rootfs)
         env = apply_user_env(spec.env, user)
@@ -366,7 +367,7 @@ async def run_container(
                         exit_code = int(container.error.get("code", SETUP_FAILED))
                 finally:
                     with trio.CancelScope(shield=True):
-                        await _unmount_overlay(container.rootfs)
+                        await trio.to_thread.run_sync(detach_mount, container.rootfs)
                     nursery.cancel_scope.cancel()  # unmounts the FUSE mount
         if cgroup is not None:
             oom = cgroup.oom_killed()
@@ -427,15 +428,13 @@ async def _supervise(
     return _exit_code(returncode)
 
 
-async def _unmount_overlay(rootfs: Path) -> None:
-    def detach() -> None:
-        if is_mountpoint(rootfs):
-            umount2(str(rootfs), MNT_DETACH)
-
+def detach_mount(path: Path) -> None:
+    """Lazily unmount ``path`` if it is a mount point; a failure is logged, not raised."""
     try:
-        await trio.to_thread.run_sync(detach)
+        if is_mountpoint(path):
+            umount2(str(path), MNT_DETACH)
     except OSError as exc:
-        log.error("could not unmount %s: %s", rootfs, exc)
+        log.error("could not unmount %s: %s", path, exc)
 
 
 def _remove_state(state: Path, *, keep: bool) -> None:

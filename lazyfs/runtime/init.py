@@ -104,8 +104,10 @@ SETUP_FAILED = 125
 NOT_EXECUTABLE = 126
 NOT_FOUND = 127
 
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_MAX_SYMLINKS = 40
+#: ``PATH`` when neither the image nor the options set one (Docker's default).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Symbolic links :func:`resolve_in_root` follows before giving up (the kernel's limit).
+MAX_SYMLINKS = 40
 
 # Character devices of /dev: name -> (major, minor).
 _DEVICES = {
@@ -360,25 +362,24 @@ def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> tuple[
     """Find container path ``path`` in the root filesystem at host path ``root``.
 
     Walks ``path`` one component at a time under ``root``: a symbolic link is read and its
-    target followed inside ``root`` (an absolute target starts again at ``root``), so the walk
-    never leaves the root filesystem; a ``..`` that would climb above ``root`` raises
-    :class:`SetupError`. ``path`` is first normalized lexically, so a ``..`` written in it
-    stops at ``/``. The last component is followed only when ``follow_last``.
+    target followed inside ``root`` (an absolute target starts again at ``root``), and a
+    ``..`` at ``root`` stays there, as it does at ``/`` in the container, so the walk never
+    leaves the root filesystem. ``..`` is taken after the links before it, as the kernel
+    does (``/link/..`` is the parent of the link's target). The last component
+    is followed only when ``follow_last``. More than :data:`MAX_SYMLINKS` links, or a
+    component under something that is not a directory, raise :class:`SetupError`.
 
     Returns the host path of the longest prefix that exists, and the components that do not
     (empty when the whole path exists).
     """
-    parts = collections.deque(
-        p for p in posixpath.normpath("/" + path).split("/") if p not in ("", ".")
-    )
+    parts = collections.deque(p for p in path.split("/") if p not in ("", "."))
     done: list[str] = []
     links = 0
     while parts:
         part = parts.popleft()
         if part == "..":
-            if not done:
-                raise SetupError(f"{path}: a symbolic link leads out of the container's root")
-            done.pop()
+            if done:
+                done.pop()
             continue
         host = posixpath.join(root, *done, part)
         try:
@@ -389,7 +390,7 @@ def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> tuple[
             raise SetupError(f"{path}: {_reason(exc)}") from None
         if stat.S_ISLNK(st.st_mode) and (parts or follow_last):
             links += 1
-            if links > _MAX_SYMLINKS:
+            if links > MAX_SYMLINKS:
                 raise SetupError(f"{path}: too many levels of symbolic links")
             target = os.readlink(host)
             if target.startswith("/"):
@@ -641,7 +642,7 @@ def _environment_path(env: list[str]) -> str:
     for entry in env:
         if entry.startswith("PATH="):
             return entry[5:]
-    return _DEFAULT_PATH
+    return DEFAULT_PATH
 
 
 def _exec(spec: InitSpec) -> NoReturn:
