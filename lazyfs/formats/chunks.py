@@ -73,7 +73,7 @@ def decompress_prefix(codec: str, data: bytes | memoryview, want: int, *, what: 
             raise ChunkError(f"{what}: not valid zstd data ({exc})") from None
     if codec == CODEC_GZIP:
         out = bytearray()
-        rest = bytes(data)
+        rest: bytes | memoryview = data  # zlib reads memoryviews: no copy of the input
         try:
             while len(out) < want and rest:
                 member = zlib.decompressobj(wbits=31)

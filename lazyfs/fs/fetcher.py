@@ -19,7 +19,7 @@ GET however small the range. So the missing chunks of a read (plus, for sequenti
 the chunks that follow, up to ``readahead_bytes``) are sorted by blob offset and merged into
 spans: neighbouring chunks, and chunks separated by less than ``merge_gap`` bytes (chunks
 already cached, tar headers), become one range, a range being at most
-``max_request_bytes``. Ranges are grouped into :meth:`BlobReader.read_ranges` calls of at
+``max_request_bytes``. Ranges are grouped into :meth:`BlobReader.read_ranges_into` calls of at
 most ``max_request_bytes`` in total (one multi-range GET each where the server allows it);
 at most ``concurrency`` calls run at once.
 
@@ -84,7 +84,7 @@ import trio
 from ..errors import ChunkError, FetchError, LazyfsError, ReadTimeout, leaf_exceptions
 from ..formats.chunks import decode_chunk
 from ..formats.model import CODEC_NONE, CODEC_ZEROS, Chunk
-from ..oci.blobs import BlobReader, RegistryBlob
+from ..oci.blobs import BlobReader
 from .cache import ChunkCache
 from .chunktable import ChunkTable
 
@@ -156,7 +156,7 @@ class LayerStats:
     name: str = ""
     #: Bytes received from the blob (the ranges asked for, gaps included).
     bytes_fetched: int = 0
-    #: :meth:`BlobReader.read_ranges` calls (one HTTP request each, usually).
+    #: :meth:`BlobReader.read_ranges_into` calls (one HTTP request each, usually).
     requests: int = 0
     #: Chunks decoded and verified from fetched bytes.
     chunks_fetched: int = 0
@@ -918,10 +918,9 @@ class ChunkFetcher:
                 datas = await self._fetch_spans(layer, spans, buffers, request_bytes)
                 items: list[tuple[bytes, Chunk, memoryview]] = []
                 for span, data in zip(spans, datas, strict=True):
-                    view = memoryview(data)
                     for key, chunk in span.chunks:
                         start = chunk.blob_offset - span.start
-                        items.append((key, chunk, view[start : start + chunk.blob_length]))
+                        items.append((key, chunk, data[start : start + chunk.blob_length]))
                 ok, bad = await self._decode(items, src.name)
             finally:
                 # The decoding is over (or never started): nothing refers to the buffers.
@@ -966,10 +965,10 @@ class ChunkFetcher:
 
     async def _fetch_spans(
         self, layer: int, spans: list[_Span], buffers: list[bytearray], request_bytes: int
-    ) -> list[bytes | memoryview]:
-        """The bytes of every span, in read_ranges calls of up to ``request_bytes`` each.
+    ) -> list[memoryview]:
+        """The bytes of every span, in read_ranges_into calls of up to ``request_bytes`` each.
 
-        Registry blobs are read into buffers taken from the spares: they are appended to
+        The blob is read into buffers taken from the spares: they are appended to
         ``buffers`` (also when this fails), for the caller to give back when done.
         """
         src = self.layers[layer]
@@ -985,15 +984,17 @@ class ChunkFetcher:
                 size = 0
             calls[-1].append(n)
             size += length
-        out: list[bytes | memoryview] = [b""] * len(spans)
+        out: list[memoryview] = [memoryview(b"")] * len(spans)
         errors: list[LazyfsError] = []
 
         async def call(members: list[int]) -> None:
             ranges = [(spans[n].start, spans[n].end - spans[n].start) for n in members]
             async with self._limiter:
+                buffer = self._buffers.take(sum(length for _, length in ranges))
+                buffers.append(buffer)
                 stats.requests += 1
                 try:
-                    got = await self._read_ranges(blob, ranges, buffers)
+                    got = await blob.read_ranges_into(ranges, buffer)
                 except Exception as exc:
                     errors.append(_lazyfs_error(exc, f"layer {src.name}"))
                     return
@@ -1004,16 +1005,9 @@ class ChunkFetcher:
                     if cancelled is not None:
                         raise cancelled from None
                     return
-            for n, data, (_, length) in zip(members, got, ranges, strict=True):
-                if len(data) != length:
-                    errors.append(
-                        FetchError(
-                            f"layer {src.name}: got {len(data)} bytes for a {length}-byte range"
-                        )
-                    )
-                    return
+            for n, data in zip(members, got, strict=True):
                 out[n] = data
-                stats.bytes_fetched += length
+                stats.bytes_fetched += len(data)
 
         if len(calls) == 1:
             await call(calls[0])
@@ -1024,18 +1018,6 @@ class ChunkFetcher:
         if errors:
             raise errors[0]
         return out
-
-    async def _read_ranges(
-        self, blob: BlobReader, ranges: list[tuple[int, int]], buffers: list[bytearray]
-    ) -> list[bytes] | list[memoryview]:
-        """``blob.read_ranges(ranges)``; registry blobs are streamed into a spare buffer."""
-        if not isinstance(blob, RegistryBlob):
-            return await blob.read_ranges(ranges)
-        buffer = self._buffers.take(sum(length for _, length in ranges))
-        buffers.append(buffer)
-        return await blob.client.fetch_ranges_into(
-            blob.ref, blob.digest, ranges, buffer, blob_size=blob.size
-        )
 
     async def _decode(
         self, items: list[tuple[bytes, Chunk, memoryview]], layer: str

@@ -36,6 +36,16 @@ class BlobReader(Protocol):
         """Several ``(offset, length)`` ranges, in the order asked, in as few requests as can be."""
         ...
 
+    async def read_ranges_into(
+        self, ranges: Sequence[tuple[int, int]], buffer: bytearray | memoryview
+    ) -> list[memoryview]:
+        """:meth:`read_ranges`, written into ``buffer`` one range after the other.
+
+        Returns the slices of ``buffer`` holding each range, in the order asked. ``buffer``
+        must hold at least the sum of the lengths; its content is undefined after a failure.
+        """
+        ...
+
     async def stream(self, sink: Callable[[bytes], object]) -> None:
         """Feed the whole blob to ``sink`` in order, then verify it against ``digest``."""
         ...
@@ -44,6 +54,19 @@ class BlobReader(Protocol):
 def _check(offset: int, length: int, size: int) -> None:
     if offset < 0 or length < 0 or offset + length > size:
         raise ValueError(f"range ({offset}, {length}) is outside the {size}-byte blob")
+
+
+def _slots(ranges: Sequence[tuple[int, int]], buffer: bytearray | memoryview) -> list[memoryview]:
+    """The slices of ``buffer`` the ranges go to, one after the other."""
+    view = memoryview(buffer).cast("B")
+    if len(view) < sum(length for _, length in ranges):
+        raise ValueError("buffer is smaller than the ranges asked for")
+    slots = []
+    position = 0
+    for _, length in ranges:
+        slots.append(view[position : position + length])
+        position += length
+    return slots
 
 
 class RegistryBlob:
@@ -60,6 +83,14 @@ class RegistryBlob:
 
     async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return await self.client.fetch_ranges(self.ref, self.digest, ranges, blob_size=self.size)
+
+    async def read_ranges_into(
+        self, ranges: Sequence[tuple[int, int]], buffer: bytearray | memoryview
+    ) -> list[memoryview]:
+        """Streamed straight into ``buffer`` (:meth:`RegistryClient.fetch_ranges_into`)."""
+        return await self.client.fetch_ranges_into(
+            self.ref, self.digest, ranges, buffer, blob_size=self.size
+        )
 
     async def stream(self, sink: Callable[[bytes], object]) -> None:
         await self.client.stream_blob(self.ref, self.digest, sink, size=self.size)
@@ -93,6 +124,14 @@ class FileBlob:
 
     async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return [self._pread(o, n) for o, n in ranges]
+
+    async def read_ranges_into(
+        self, ranges: Sequence[tuple[int, int]], buffer: bytearray | memoryview
+    ) -> list[memoryview]:
+        slots = _slots(ranges, buffer)
+        for (offset, length), slot in zip(ranges, slots, strict=True):
+            slot[:] = self._pread(offset, length)
+        return slots
 
     async def stream(self, sink: Callable[[bytes], object]) -> None:
         hasher = self.digest.hasher()

@@ -611,7 +611,6 @@ class RegistryClient:
         requests (several at once) otherwise. With ``blob_size`` known, a range reaching past
         the end is an error here rather than a ``416`` from the server.
         """
-        _check_ranges(ranges, blob_size)
         buffer = bytearray(sum(length for _, length in ranges))
         views = await self.fetch_ranges_into(ref, digest, ranges, buffer, blob_size=blob_size)
         return [bytes(view) for view in views]
@@ -634,10 +633,9 @@ class RegistryClient:
         without allocating memory for the data. Until the call returns (and after it fails)
         the content of ``buffer`` is undefined.
         """
+        _check_ranges(ranges, blob_size)
         return await self._routed(
-            ref,
-            "pull",
-            lambda r: self._fetch_ranges_into(r, digest, ranges, buffer, blob_size=blob_size),
+            ref, "pull", lambda r: self._fetch_ranges_into(r, digest, ranges, buffer)
         )
 
     async def _fetch_ranges_into(
@@ -646,10 +644,7 @@ class RegistryClient:
         digest: Digest,
         ranges: Sequence[tuple[int, int]],
         buffer: bytearray | memoryview,
-        *,
-        blob_size: int | None = None,
     ) -> list[memoryview]:
-        _check_ranges(ranges, blob_size)
         view = memoryview(buffer).cast("B")
         if len(view) < sum(length for _, length in ranges):
             raise ValueError("buffer is smaller than the ranges asked for")
