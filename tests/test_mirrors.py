@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
+import trio
 
+from lazyfs.control import is_mountpoint
 from lazyfs.oci.mirrors import HostsConfigError, endpoints_for, parse_hosts_toml
+from lazyfs.oci.reference import Reference
+from lazyfs.oci.registry import RegistryClient
+from tests.harness.images import Entry, build_image, push_image
+from tests.harness.registry import RegistryServer
 
 
 def test_mirrors_come_first_then_the_origin():
@@ -107,20 +118,6 @@ def test_directory_lookup(tmp_path):
 # ---------------------------------------------------------------------------- for real
 # Two real registries: the origin, and a pull-through cache of it (distribution's
 # ``proxy: remoteurl``) named as a mirror in hosts.toml.
-
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import uuid  # noqa: E402
-
-import trio  # noqa: E402
-
-from lazyfs.control import is_mountpoint  # noqa: E402
-from lazyfs.oci.reference import Reference  # noqa: E402
-from lazyfs.oci.registry import RegistryClient  # noqa: E402
-from tests.harness.images import Entry, build_image, push_image  # noqa: E402
-from tests.harness.registry import RegistryServer  # noqa: E402
 
 
 @pytest.fixture
