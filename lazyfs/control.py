@@ -3,16 +3,19 @@
 Each mount daemon listens on a unix socket named after its mount point, in a runtime
 directory only its user can enter. This keeps control files out of the mounted tree, which
 may be a container's root. The protocol is one JSON request line and one JSON answer
-line: ``{"op": "stats"}`` or ``{"op": "unmount"}``.
+line: ``{"op": "stats"}`` or ``{"op": "unmount"}``. An answer with ``"error"`` failed; its
+``"kind"`` names the error class. ``lazyfs layerd`` serves more ops, with arguments, the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -21,7 +24,15 @@ from .errors import LazyfsError
 
 __all__ = ["control_socket_path", "is_mountpoint", "mount_device", "request", "serve_control"]
 
-_MAX_LINE = 64 * 1024
+log = logging.getLogger("lazyfs.control")
+
+#: Seconds a client has to send its request line (and to take its answer).
+REQUEST_TIMEOUT = 10.0
+_MAX_REQUEST = 1024 * 1024
+_MAX_ANSWER = 64 * 1024 * 1024
+
+#: A plain function of no argument, or an async function of the request object.
+Handler = Callable[[], dict] | Callable[[dict], Awaitable[dict]]
 
 
 def runtime_dir() -> Path:
@@ -69,51 +80,77 @@ def is_mountpoint(path: str | os.PathLike[str]) -> bool:
 
 async def serve_control(
     mountpoint: Path,
-    handlers: dict[str, Callable[[], dict]],
+    handlers: dict[str, Handler],
     *,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer control requests for ``mountpoint`` until cancelled; removes the socket after."""
+    """Answer control requests for ``mountpoint`` until cancelled; removes the socket after.
+
+    ``handlers`` maps an op to a plain function, called with no argument, or to an async
+    function, called with the request object and given as long as it needs. A handler that
+    raises answers ``{"error": message, "kind": class name}``.
+    """
     path = control_socket_path(mountpoint)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.exists():
-        path.unlink()
+    path.unlink(missing_ok=True)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     await sock.bind(str(path))
     os.chmod(path, 0o600)
-    sock.listen(16)
-    listener = trio.SocketListener(sock)
+    sock.listen(64)
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
             try:
-                with trio.fail_after(10):
-                    line = await _read_line(stream)
-                    op = json.loads(line).get("op")
-                    handler = handlers.get(op)
-                    answer = handler() if handler else {"error": f"unknown op {op!r}"}
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    request = json.loads(await _read_line(stream, _MAX_REQUEST))
+                if not isinstance(request, dict):
+                    raise ValueError("not an object")
+            except (trio.TooSlowError, ValueError, trio.BrokenResourceError):
+                return
+            answer = await _answer(handlers, request)
+            # Shielded: an "unmount" handler may have cancelled this server already.
+            with trio.CancelScope(shield=True), trio.move_on_after(REQUEST_TIMEOUT):
+                try:
                     await stream.send_all(json.dumps(answer).encode() + b"\n")
-            except (trio.TooSlowError, ValueError, trio.BrokenResourceError, AttributeError):
-                pass
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
 
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(path)
-            await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
+            await trio.serve_listeners(handle, [trio.SocketListener(sock)], handler_nursery=nursery)
     finally:
         with trio.CancelScope(shield=True):
             path.unlink(missing_ok=True)
 
 
-async def _read_line(stream: trio.SocketStream) -> bytes:
+async def _answer(handlers: dict[str, Handler], request: dict) -> dict:
+    """The answer of the handler of ``request``'s op (errors included, as ``error``)."""
+    op = request.get("op")
+    handler = handlers.get(op) if isinstance(op, str) else None
+    if handler is None:
+        return {"error": f"unknown op {op!r}", "kind": "LazyfsError"}
+    try:
+        if inspect.iscoroutinefunction(handler):
+            return await handler(request)
+        return handler()  # type: ignore[call-arg]
+    except LazyfsError as exc:
+        log.warning("%s failed: %s", op, exc)
+        return {"error": str(exc), "kind": type(exc).__name__}
+    except Exception as exc:
+        log.exception("%s failed", op)
+        return {"error": f"internal error: {type(exc).__name__}: {exc}", "kind": "LazyfsError"}
+
+
+async def _read_line(stream: trio.SocketStream, limit: int) -> bytes:
     data = b""
     while b"\n" not in data:
-        piece = await stream.receive_some(4096)
+        piece = await stream.receive_some(65536)
         if not piece:
             break
         data += piece
-        if len(data) > _MAX_LINE:
-            raise ValueError("request too long")
+        if len(data) > limit:
+            raise ValueError("line too long")
     return data.split(b"\n", 1)[0]
 
 
@@ -127,8 +164,8 @@ async def request(mountpoint: str | os.PathLike[str], op: str, *, timeout: float
             stream = await trio.open_unix_socket(str(path))
             async with stream:
                 await stream.send_all(json.dumps({"op": op}).encode() + b"\n")
-                line = await _read_line(stream)
-    except (OSError, trio.TooSlowError) as exc:
+                line = await _read_line(stream, _MAX_ANSWER)
+    except (OSError, ValueError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         raise LazyfsError(f"the lazyfs daemon of {mountpoint} does not answer ({exc})") from None
     try:
         return json.loads(line)

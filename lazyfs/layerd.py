@@ -26,10 +26,11 @@ them all from a single FUSE mount at ``ROOT/layers``:
 Control
 -------
 
-The daemon listens on the unix socket :func:`lazyfs.control.control_socket_path` gives for
-``ROOT/layers`` (so ``lazyfs stats ROOT/layers`` and ``lazyfs umount ROOT/layers`` work). The
-protocol is one JSON request line, one JSON answer line; an answer with ``"error"`` failed,
-and its ``"kind"`` names the error class (``NotLazy``, ``NotFound``...). Requests:
+The daemon answers with :func:`lazyfs.control.serve_control`, on the unix socket
+:func:`lazyfs.control.control_socket_path` gives for ``ROOT/layers`` (so ``lazyfs stats
+ROOT/layers`` and ``lazyfs umount ROOT/layers`` work). The protocol is one JSON request line,
+one JSON answer line; an answer with ``"error"`` failed, and its ``"kind"`` names the error
+class (``NotLazy``, ``NotFound``...). Requests:
 
 * ``{"op": "add_layer", "ref": REF, "digest": DIGEST, "media_type"?, "annotations"?,
   "diff_id"?, "insecure"?}``: serve the layer ``DIGEST`` of the registry repository of
@@ -63,7 +64,6 @@ import contextlib
 import errno
 import fcntl
 import itertools
-import json
 import logging
 import os
 import signal
@@ -79,7 +79,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from .control import control_socket_path, is_mountpoint
+from .control import is_mountpoint, serve_control
 from .errors import LazyfsError, NotFound, unwrap_task_errors
 from .formats.detect import find_layer_index
 from .formats.plain import build_plain_index
@@ -122,9 +122,6 @@ LAYERD_FUSE_OPTIONS = (
 )
 #: How long a resolved image (to find a layer's descriptor in) is reused, in seconds.
 MANIFEST_TTL = 60.0
-#: Seconds a client has to send its request line.
-REQUEST_TIMEOUT = 10.0
-_MAX_LINE = 1024 * 1024
 
 
 class NotLazy(LazyfsError):
@@ -359,7 +356,7 @@ class LayerDaemon:
                     nursery.start_soon(until_stopped)
                     nursery.start_soon(until_signal)
                     nursery.start_soon(_tune_readahead, self.mountpoint)
-                    await nursery.start(self._serve_control)
+                    await nursery.start(serve_control, self.mountpoint, self.handlers)
                     pid_path(self.options.root).write_text(f"{os.getpid()}\n")
                     log.info("serving layers at %s (pid %d)", self.mountpoint, os.getpid())
                     if on_ready is not None:
@@ -373,62 +370,13 @@ class LayerDaemon:
         """Release the cache (after :meth:`serve`)."""
         self.cache.close()
 
-    async def _serve_control(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        path = control_socket_path(self.mountpoint)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.unlink(missing_ok=True)
-        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        await sock.bind(str(path))
-        os.chmod(path, 0o600)
-        sock.listen(64)
-        try:
-            async with trio.open_nursery() as nursery:
-                task_status.started(path)
-                await trio.serve_listeners(
-                    self._handle, [trio.SocketListener(sock)], handler_nursery=nursery
-                )
-        finally:
-            with trio.CancelScope(shield=True):
-                path.unlink(missing_ok=True)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            try:
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    request = json.loads(await _read_line(stream))
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-            except (trio.TooSlowError, ValueError, trio.BrokenResourceError):
-                return
-            answer = await self.answer(request)
-            try:
-                await stream.send_all(json.dumps(answer).encode() + b"\n")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            if request.get("op") == "unmount":
-                self._stop.set()
-
-    async def answer(self, request: dict) -> dict:
-        """The answer to one control request (errors included, as ``error`` and ``kind``)."""
-        op = request.get("op")
-        handler = self.handlers.get(op) if isinstance(op, str) else None
-        if handler is None:
-            return {"error": f"unknown op {op!r}", "kind": "LazyfsError"}
-        try:
-            return await handler(request)
-        except LazyfsError as exc:
-            log.warning("%s failed: %s", op, exc)
-            return {"error": str(exc), "kind": type(exc).__name__}
-        except Exception as exc:
-            log.exception("%s failed", op)
-            return {"error": f"internal error: {type(exc).__name__}: {exc}", "kind": "LazyfsError"}
-
     # ------------------------------------------------------------------ operations
 
     async def ping(self, request: dict) -> dict:
         return {"ok": True, "pid": os.getpid(), "mountpoint": str(self.mountpoint)}
 
     async def unmount(self, request: dict) -> dict:
+        self._stop.set()  # the answer is sent before the server is cancelled
         return {"unmounting": True}
 
     async def has_layer(self, request: dict) -> dict:
@@ -656,18 +604,6 @@ async def _invalidate_layer(layer: ForestLayer, batch: int = 20_000) -> None:
             if done % batch == 0:
                 await trio.sleep(0)
     pyfuse3.invalidate_entry_async(ROOT_INODE, layer.name.encode(), ignore_enoent=True)
-
-
-async def _read_line(stream: trio.SocketStream) -> bytes:
-    data = b""
-    while b"\n" not in data:
-        piece = await stream.receive_some(65536)
-        if not piece:
-            break
-        data += piece
-        if len(data) > _MAX_LINE:
-            raise ValueError("request too long")
-    return data.split(b"\n", 1)[0]
 
 
 # ---------------------------------------------------------------------------- process
