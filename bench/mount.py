@@ -60,6 +60,7 @@ import hashlib
 import io
 import itertools
 import json
+import mmap
 import os
 import platform
 import random
@@ -67,6 +68,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -104,6 +106,12 @@ RUNS = 3
 READS = 100
 READ_SIZE = 4 * KiB
 SEQ_BLOCK = 1 * MiB
+#: The warm re-read is also measured with the buffer size of cat, cp and tar (coreutils' and
+#: GNU tar's 128 KiB): the ratio to native depends on it (see ``page_cache_folios``).
+SMALL_BLOCK = 128 * KiB
+PAGE = 4096
+PFN_MASK = (1 << 55) - 1
+KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL = 1 << 15, 1 << 16
 DIRS = 1000
 FILES = 100_000
 MILLION = 1_000_000
@@ -467,9 +475,9 @@ def leftover_mounts() -> None:
 # ---------------------------------------------------------------- measurements
 
 
-def read_whole(path: Path) -> tuple[float, int]:
-    """Seconds to read ``path`` front to back in SEQ_BLOCK ``readinto`` calls; bytes read."""
-    buf = bytearray(SEQ_BLOCK)
+def read_whole(path: Path, block: int = SEQ_BLOCK) -> tuple[float, int]:
+    """Seconds to read ``path`` front to back in ``block``-sized ``readinto`` calls; bytes read."""
+    buf = bytearray(block)
     total = 0
     with open(path, "rb", buffering=0) as f:
         started = time.perf_counter()
@@ -477,6 +485,55 @@ def read_whole(path: Path) -> tuple[float, int]:
             total += n
         seconds = time.perf_counter() - started
     return seconds, total
+
+
+def page_cache_folios(path: Path, limit: int = 64 * MiB) -> dict[str, int]:
+    """How the page cache holds the first ``limit`` bytes of ``path`` (read first).
+
+    Maps them, touches every page, and looks each page's frame up in ``/proc/self/pagemap``
+    and ``/proc/kpageflags`` (root only): ``pages``, and ``in_large`` of them that belong to a
+    compound page (a large folio). ext4 on kernels >= 6.16 caches files in large folios; FUSE
+    (6.18) in 4 KiB pages, which is what bounds a FUSE file's warm re-read with big buffers:
+    copying many scattered 4 KiB pages into a 1 MiB buffer is slower than copying 64 KiB
+    folios. Empty if the kernel does not let us look.
+    """
+    size = min(path.stat().st_size, limit) // PAGE * PAGE
+    if size == 0:
+        return {}
+    read_whole(path)
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as m:
+            for off in range(0, size, PAGE):
+                m[off]
+            start = _mapping_start(os.path.realpath(path), size)
+            if start is None:
+                return {}
+            in_large = mapped = 0
+            with open("/proc/self/pagemap", "rb") as pm, open("/proc/kpageflags", "rb") as kf:
+                for i in range(size // PAGE):
+                    pm.seek((start // PAGE + i) * 8)
+                    (entry,) = struct.unpack("<Q", pm.read(8))
+                    if not entry >> 63 or not entry & PFN_MASK:
+                        continue
+                    kf.seek((entry & PFN_MASK) * 8)
+                    (flags,) = struct.unpack("<Q", kf.read(8))
+                    mapped += 1
+                    in_large += bool(flags & (KPF_COMPOUND_HEAD | KPF_COMPOUND_TAIL))
+    except (OSError, ValueError, struct.error):
+        return {}
+    return {"pages": mapped, "in_large": in_large} if mapped else {}
+
+
+def _mapping_start(path: str, size: int) -> int | None:
+    """The address of this process's mapping of ``path`` from offset 0 spanning ``size``."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].rstrip("\n") == path and int(fields[2], 16) == 0:
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                if hi - lo == size:
+                    return lo
+    return None
 
 
 def sha256_of(path: Path) -> str:
@@ -547,6 +604,9 @@ def seq_lazyfs(img: Image, expected: str, size: int) -> dict:
         cpu1b = cpu_seconds(m.pid)
         warm, n2 = read_whole(m.path / target)
         cpu2 = cpu_seconds(m.pid)
+        warm_small, _ = read_whole(m.path / target, SMALL_BLOCK)
+        folios = page_cache_folios(m.path / target)
+        cpu2 = cpu_seconds(m.pid)
         drop_caches()
         cached, n3 = read_whole(m.path / target)
         cpu3 = cpu_seconds(m.pid)
@@ -558,6 +618,8 @@ def seq_lazyfs(img: Image, expected: str, size: int) -> dict:
         "cold": cold,
         "warm_now": warm_now,
         "warm": warm,
+        "warm_small": warm_small,
+        "folios": folios,
         "cached": cached,
         "bytes": n1,
         "cpu_cold": cpu1 - cpu0,
@@ -576,7 +638,15 @@ def seq_native(img: Image) -> dict:
     warm_now, _ = read_whole(path)
     os.sync()
     warm, _ = read_whole(path)
-    return {"cold": cold, "warm_now": warm_now, "warm": warm, "bytes": n1}
+    warm_small, _ = read_whole(path, SMALL_BLOCK)
+    return {
+        "cold": cold,
+        "warm_now": warm_now,
+        "warm": warm,
+        "warm_small": warm_small,
+        "folios": page_cache_folios(path),
+        "bytes": n1,
+    }
 
 
 def rand_lazyfs(img: Image, offsets: list[int], expected: list[bytes]) -> dict:
@@ -840,6 +910,14 @@ def summarise(res: dict) -> dict:
             "lazyfs_cached_mbs": med([size / MB / s["cached"] for s in lz]),
             "native_cold_mbs": med([size / MB / s["cold"] for s in nt]),
             "native_warm_mbs": med([size / MB / s["warm"] for s in nt]),
+            "lazyfs_warm_small_mbs": med(
+                [size / MB / s["warm_small"] for s in lz if "warm_small" in s]
+            ),
+            "native_warm_small_mbs": med(
+                [size / MB / s["warm_small"] for s in nt if "warm_small" in s]
+            ),
+            "lazyfs_folios": lz[-1].get("folios", {}),
+            "native_folios": nt[-1].get("folios", {}),
             "cpu_cold": med([s["cpu_cold"] for s in lz]),
             "cpu_cached": med([s["cpu_cached"] for s in lz]),
             "registry_cpu": med([s["registry_cpu"] for s in lz]),
@@ -851,6 +929,7 @@ def summarise(res: dict) -> dict:
         }
         row["cold_ratio"] = row["lazyfs_cold_mbs"] / row["native_cold_mbs"]
         row["warm_ratio"] = row["lazyfs_warm_mbs"] / row["native_warm_mbs"]
+        row["warm_small_ratio"] = row["lazyfs_warm_small_mbs"] / row["native_warm_small_mbs"]
         out["seq"][name] = row
     for name, sides in res["rand"].items():
         row = {}
@@ -897,8 +976,9 @@ def summarise(res: dict) -> dict:
     out["targets"] = {
         "warm_reread": {
             "value": seq["warm_ratio"],
-            "shown": f"{seq['warm_ratio']:.2f}x native",
-            "pass": seq["warm_ratio"] >= 0.6,
+            "shown": f"{seq['warm_ratio']:.2f}x native with 1 MiB reads "
+            f"({seq.get('warm_small_ratio', float('nan')):.2f}x with 128 KiB reads)",
+            "pass": seq["warm_ratio"] >= 0.6,  # judged on the 1 MiB reads, the harder case
         },
         "cached_stat": {
             "value": stat_ratio,
@@ -962,17 +1042,20 @@ def render(res: dict) -> str:
     w()
     w(
         "| file | blob MB | lazyfs cold MB/s | native cold MB/s | ratio | lazyfs warm MB/s | "
-        "native warm MB/s | ratio | (warm right after cold: lazyfs / native) | "
+        "native warm MB/s | ratio | warm, 128 KiB reads: lazyfs / native MB/s | ratio | "
+        "(warm right after cold: lazyfs / native) | "
         "lazyfs chunk cache MB/s | requests | MB fetched | daemon CPU s (cold) | "
         "registry CPU s | daemon peak RSS MB |"
     )
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in s["seq"].items():
         img = next(i for i in res["images"].values() if i["name"] == name)
         w(
             f"| {name}.bin | {img['blob_bytes'] / MB:.1f} | {r['lazyfs_cold_mbs']:.0f} | "
             f"{r['native_cold_mbs']:.0f} | {r['cold_ratio']:.2f} | {r['lazyfs_warm_mbs']:.0f} | "
             f"{r['native_warm_mbs']:.0f} | {r['warm_ratio']:.2f} | "
+            f"{r['lazyfs_warm_small_mbs']:.0f} / {r['native_warm_small_mbs']:.0f} | "
+            f"{r['warm_small_ratio']:.2f} | "
             f"{r['lazyfs_warm_now_mbs']:.0f} / {r['native_warm_now_mbs']:.0f} | "
             f"{r['lazyfs_cached_mbs']:.0f} | {r['requests']:.0f} | "
             f"{r['bytes_fetched'] / MB:.1f} | {r['cpu_cold']:.2f} (of {r['cold_s']:.2f} s) | "
@@ -981,14 +1064,28 @@ def render(res: dict) -> str:
     w()
     w(
         "cold: first read after the mount. warm: read again in the same mount (page cache, "
-        "`keep_cache`) after a `sync`, so that the kernel is not still writing lazyfs's chunk "
-        "cache back to the disk; the read right after the cold one, before the `sync`, is in "
-        "brackets. chunk cache: read again after dropping the page cache (lazyfs's memory "
-        "cache, 256 MiB, then its disk cache; nothing fetched). requests / MB fetched: what the "
-        "cold read asked the registry for (`lazyfs stats`). daemon CPU: user+system seconds the "
+        "`keep_cache`), with 1 MiB reads like the cold read and again with the 128 KiB reads of "
+        "cat, cp and tar; both after a `sync`, so that the kernel is not still writing "
+        "lazyfs's chunk cache back to the disk; the read right after the cold one, before the "
+        "`sync`, is in brackets. chunk cache: read again after dropping the page cache "
+        "(lazyfs's memory cache, 256 MiB, then its disk cache; nothing fetched). requests / MB "
+        "fetched: what the cold read asked the registry for (`lazyfs stats`). daemon CPU: "
+        "user+system seconds the "
         "mount daemon used during the cold read; registry CPU: the registry's. Peak RSS: the "
         "daemon's VmHWM after the three reads."
     )
+    for name, r in s["seq"].items():
+        lf, nf = r.get("lazyfs_folios") or {}, r.get("native_folios") or {}
+        if lf and nf:
+            w()
+            w(
+                f"Page cache of {name}.bin (first {lf['pages'] * PAGE // MiB} MiB, "
+                "`/proc/kpageflags`): lazyfs (FUSE) "
+                f"{lf['in_large'] / lf['pages']:.0%} of pages in large folios, native "
+                f"{nf['in_large'] / nf['pages']:.0%}. A 1 MiB read copies 256 separate 4 KiB "
+                "pages from FUSE's page cache against 16 64 KiB folios from ext4's; the copy "
+                "speed also depends on where in physical memory the kernel put the pages."
+            )
     w()
     w(f"## Random 4 KiB reads ({st['reads']} offsets x {st['runs']} runs)")
     w()
