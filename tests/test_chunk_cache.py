@@ -236,6 +236,25 @@ def test_disk_errors_do_not_fail_puts(tmp_path: Path) -> None:
     assert cache.get(key) == data  # still served from memory
 
 
+@pytest.mark.parametrize("how", ["get", "get_many_async"])
+def test_disk_read_errors_are_counted_and_miss(tmp_path: Path, how: str) -> None:
+    """A chunk file the OS cannot read (here: a directory in its place) is a miss, counted
+    in ``io_errors`` by the blocking and the async lookup alike, and forgotten."""
+    cache = ChunkCache(memory_bytes=0, disk_dir=tmp_path, disk_bytes=10_000_000)
+    key, data = chunk(6)
+    cache.put(key, data)
+    path = cache.path_of(key)
+    path.unlink()
+    path.mkdir()  # open() for reading raises IsADirectoryError, even for root
+    if how == "get":
+        assert cache.get(key) is None
+    else:
+        assert trio.run(cache.get_many_async, [key]) == {}
+    assert cache.stats.io_errors == 1
+    assert cache.stats.misses == 1 and cache.stats.disk_hits == 0
+    assert not cache.contains(key)
+
+
 def test_close_drops_memory_and_ignores_later_puts(tmp_path: Path) -> None:
     cache = ChunkCache(memory_bytes=10_000, disk_dir=tmp_path, disk_bytes=10_000)
     key, data = chunk(1)

@@ -255,21 +255,24 @@ class ChunkCache:
         paths = [(key, self.path_of(key)) for key in on_disk]
         size = sum(int(self._disk[k][0]) for k in on_disk)
 
-        def load_all() -> list[bytes | bool | None]:
-            out: list[bytes | bool | None] = []
+        def load_all() -> list[bytes | bool | OSError | None]:
+            out: list[bytes | bool | OSError | None] = []
             for key, path in paths:
                 try:
                     out.append(_load_file(path, key))
                 except OSError as exc:
-                    log.warning("chunk cache: cannot read %s: %s", path, exc)
-                    out.append(None)
+                    out.append(exc)
             return out
 
         if size <= INLINE_IO_BYTES:
             results = load_all()
         else:
             results = await trio.to_thread.run_sync(load_all)
-        for key, loaded in zip(on_disk, results, strict=True):
+        for (key, path), loaded in zip(paths, results, strict=True):
+            if isinstance(loaded, OSError):  # counted here: the worker thread touches no state
+                log.warning("chunk cache: cannot read %s: %s", path, loaded)
+                self.stats.io_errors += 1
+                loaded = None
             data = self._loaded(key, loaded)
             if data is not None:
                 found[key] = data
