@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from . import __version__
+from . import __version__, _startup
 from .errors import LazyfsError, unwrap_task_errors
 from .oci.credentials import Credentials, CredentialStore
 from .oci.hosts import HostPolicy
@@ -262,6 +262,7 @@ async def cmd_mount(args: argparse.Namespace) -> int:
                             os.write(ready_fd, b"ok\n")
                             os.close(ready_fd)
                             ready_fd = None
+                            _remember_startup(args)  # the daemon: it imported the rest
                         async for _ in signals:
                             nursery.cancel_scope.cancel()
                             break
@@ -550,6 +551,7 @@ async def cmd_bundle(args: argparse.Namespace) -> int:
             os.write(ready_fd, b"ok\n")
             os.close(ready_fd)
             ready_fd = None
+            _remember_startup(args)  # the daemon: it imported the rest
 
     try:
         async with make_client(args) as client:
@@ -711,7 +713,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args)
     if getattr(args, "daemon", False):
         return _guarded(args, lambda: _daemonize(args))
-    return _run(args)
+    code = _run(args)
+    _remember_startup(args)
+    return code
+
+
+def _remember_startup(args: argparse.Namespace) -> None:
+    """Note the files this command's imports read, for the next start (see :mod:`._startup`)."""
+    _startup.record(_startup.list_path(args.command))
 
 
 def _run(args: argparse.Namespace) -> int:
