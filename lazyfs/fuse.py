@@ -152,6 +152,10 @@ class LazyOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = [inode, 0]
+        try:
+            self.image.opened(inode)  # an executable or library is fetched whole, now
+        except Exception:  # a hint: it must not fail the open (nor stop pyfuse3)
+            log.exception("prefetch of %s on open failed", self.tree.path(inode))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
     async def read(self, fh, off, size):

@@ -298,7 +298,7 @@ class LayerDaemon:
         self.client = client
         self.mountpoint = layers_mountpoint(options.root)
         self.cache = ChunkCache(options.memory_cache_bytes, options.cache_dir, options.cache_bytes)
-        self.forest = LayerForest(on_release=self._released)
+        self.forest = LayerForest(on_release=self._released, prefetch_opened=options.prefetch)
         self.ops = LayerOperations(self.forest)
         self.started = time.time()
         self._hosts = HostPolicy(insecure_hosts=options.insecure_hosts)

@@ -596,6 +596,72 @@ def test_read_ahead_fetches_the_rest_of_a_sequential_file_in_full_requests(
     trio.run(main)
 
 
+def test_prefetch_file_fetches_a_whole_file_in_one_request_then_reads_need_none(
+    registry, layer: Layer
+) -> None:
+    """What an opened executable or library gets: all of it at once, before its reads."""
+    path = "usr/lib/libtext.so"  # 33 chunks of 64 KiB, compressible: well under a request
+    data = layer.files[path]
+    first, count = layer.spans[path]
+    rng = random.Random(7)
+
+    async def main() -> None:
+        async with client() as c, trio.open_nursery() as nursery:
+            fetcher = fetcher_for([layer.source(c, registry.host)])
+            assert fetcher.prefetch_file(0, first, count) is False  # run() is not running
+            await nursery.start(fetcher.run)
+            assert fetcher.prefetch_file(0, first, count) is True
+            assert fetcher.prefetch_file(0, first, count) is False  # all in flight already
+            await settle(fetcher)
+            total = fetcher.stats_snapshot()["total"]
+            assert total["requests"] == 1 and total["file_prefetches"] == 1
+            assert total["chunks_fetched"] == count
+            before = c.stats.requests
+            for _ in range(50):  # page faults here and there
+                offset = rng.randrange(len(data))
+                got = await read_file(fetcher, layer, path, offset, 4 * KiB)
+                assert got == data[offset : offset + 4 * KiB]
+            assert c.stats.requests == before, "every read was served from memory"
+            assert fetcher.prefetch_file(0, first, count) is False  # all cached now
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_prefetch_file_stops_at_its_byte_budget_and_skips_what_is_cached(
+    registry, layer: Layer
+) -> None:
+    path = "usr/share/big.bin"  # 97 incompressible chunks of 64 KiB
+    data = layer.files[path]
+    first, count = layer.spans[path]
+
+    async def main() -> None:
+        async with client() as c, trio.open_nursery() as nursery:
+            fetcher = fetcher_for([layer.source(c, registry.host)], max_request_bytes=1 * MiB)
+            await nursery.start(fetcher.run)
+            # Chunk 1 is read (and cached) first: the prefetch leaves it out.
+            assert await read_file(fetcher, layer, path, CHUNK, 10) == data[CHUNK : CHUNK + 10]
+            await settle(fetcher)
+            requests = c.stats.requests
+            fetched = fetcher.stats_snapshot()["total"]["chunks_fetched"]
+            assert fetcher.prefetch_file(0, first, count, max_bytes=2 * MiB + CHUNK)
+            await settle(fetcher)
+            total = fetcher.stats_snapshot()["total"]
+            # About 2 MiB of chunks (each a little over 64 KiB of blob), in 1 MiB requests.
+            new = total["chunks_fetched"] - fetched
+            assert 28 <= new <= 32, new
+            assert c.stats.requests - requests == math.ceil(new / 15)
+            cached = [
+                fetcher.cache.contains(layer.table.digest_bytes(i))
+                for i in range(first, first + count)
+            ]
+            assert cached[: new + 1] == [True] * (new + 1)
+            assert not any(cached[new + 1 :])
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_read_ahead_stays_half_a_window_ahead_of_the_reader(registry, layer: Layer) -> None:
     path = "usr/share/big.bin"
     data = layer.files[path]

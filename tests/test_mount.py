@@ -380,3 +380,54 @@ def test_a_sequential_reader_is_served_by_read_ahead_in_few_requests(registry, t
     # Requests of 4 MiB and more (the first read, at offset 0, is not known to be
     # sequential and fetches its own chunks).
     assert total["requests"] <= -(-total["bytes_fetched"] // (4 * 1024 * 1024)) + 1, total
+
+
+def _wait_for_fetches(mnt: Path) -> dict:
+    """The mount's fetch totals once nothing is in flight any more."""
+    deadline = time.monotonic() + 30
+    while True:
+        fetch = stats(mnt)["fetch"]
+        if not fetch["in_flight"] or time.monotonic() > deadline:
+            return fetch["total"]
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_an_opened_executable_or_library_is_fetched_whole_at_once(registry, tmp_path, prefetch):
+    """What a program's start gets: its binary and libraries in one request each, as soon as
+    the kernel opens them, instead of a round trip per page fault; other files do not."""
+    size = 2 * 1024 * 1024 + 5  # 33 chunks of 64 KiB
+    files = {
+        "bin/tool": (noise(size, 1), 0o755),
+        "lib/libthing.so.1": (noise(size, 2), 0o644),
+        "data/blob.bin": (noise(size, 3), 0o644),
+    }
+    entries = [Entry(p, data=d, mode=m, mtime=T0) for p, (d, m) in files.items()]
+    src = new_ref(registry, "open-prefetch")
+    dst = new_ref(registry, "open-prefetch-chunked")
+    push(src, build_image([entries]))
+    convert(src, dst)
+    options = () if prefetch else ("--no-prefetch",)
+    with mounted(str(dst), tmp_path / "mnt", tmp_path / "cache", *options) as mnt:
+        for n, (path, (data, _)) in enumerate(files.items()):
+            with open(mnt / path, "rb") as f:
+                assert f.read(4096) == data[:4096]
+                before = _wait_for_fetches(mnt)
+                rng = random.Random(n)
+                for _ in range(20):  # here and there, like page faults
+                    offset = rng.randrange(size)
+                    f.seek(offset)
+                    assert f.read(4096) == data[offset : offset + 4096]
+                after = _wait_for_fetches(mnt)
+            whole = path != "data/blob.bin" and prefetch
+            assert after["file_prefetches"] - before["file_prefetches"] == 0
+            if whole:
+                # All 33 chunks came with the open (one 4 MiB request at most, plus the
+                # first read's own chunk if it won the race): no read asked for more.
+                assert before["chunks_fetched"] >= (n + 1) * 33, before
+                assert after["requests"] == before["requests"], (before, after)
+            else:
+                assert after["requests"] > before["requests"], "faults fetched on demand"
+        total = _wait_for_fetches(mnt)
+        assert total["file_prefetches"] == (2 if prefetch else 0)
+        assert total["errors"] == 0

@@ -73,6 +73,8 @@ class LayerReader(Protocol):
         sequential_hint: bool = False,
     ) -> bytes: ...
 
+    def prefetch_file(self, layer: int, first: int, count: int) -> bool: ...
+
 
 @dataclass(eq=False)
 class ForestLayer:
@@ -141,8 +143,15 @@ class LayerForest:
     released.
     """
 
-    def __init__(self, *, on_release: Callable[[ForestLayer], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_release: Callable[[ForestLayer], None] | None = None,
+        prefetch_opened: bool = True,
+    ) -> None:
         self.on_release = on_release
+        #: Whether :meth:`opened` fetches the files programs map whole.
+        self.prefetch_opened = prefetch_opened
         self._by_name: dict[str, ForestLayer] = {}
         # Every layer not yet released, by increasing base (for the inode -> layer search).
         self._bases: list[int] = []
@@ -353,6 +362,19 @@ class LayerForest:
         return iter(self.layers())
 
     # ------------------------------------------------------------------ contents
+
+    def opened(self, ino: int) -> None:
+        """A file was opened: have its layer's reader fetch it whole if programs map it
+        (see :meth:`~lazyfs.fs.tree.MergedTree.mapped_content`)."""
+        if not self.prefetch_opened or ino == ROOT_INODE:
+            return
+        try:
+            layer = self.layer_of(ino)
+        except KeyError:
+            return
+        content = layer.tree.mapped_content(ino - layer.base)
+        if content is not None:
+            layer.fetcher.prefetch_file(*content)
 
     async def read(self, ino: int, offset: int, size: int, *, sequential: bool = False) -> bytes:
         """Bytes ``[offset, offset+size)`` of regular file ``ino`` (short at its end).

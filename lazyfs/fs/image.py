@@ -83,6 +83,15 @@ class LazyImage:
             layer, first, count, offset, size, sequential_hint=sequential
         )
 
+    def opened(self, ino: int) -> None:
+        """A file was opened: start fetching it whole if it is one programs map (see
+        :meth:`~lazyfs.fs.tree.MergedTree.mapped_content`) and prefetching is on."""
+        if not self.options.prefetch:
+            return
+        content = self.tree.mapped_content(ino)
+        if content is not None:
+            self.fetcher.prefetch_file(*content)
+
     def stats(self) -> dict:
         """What a mount reports to ``lazyfs stats``."""
         return {
