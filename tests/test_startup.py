@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -56,10 +57,28 @@ def test_read_ahead_hints_only_regular_files(tmp_path: Path, startup_dir: Path) 
     listing.write_text(
         "\n".join([str(regular), str(fifo), str(tmp_path), "relative/path", "/no/such/file", ""])
     )
-    assert _startup.read_ahead(str(listing)) == 1
-    assert _startup.read_ahead(str(startup_dir / "missing")) == 0
+    _startup.read_ahead(str(listing))
+    assert _startup.wait() == 1
+    assert _startup.wait() == 0  # joined and counted once
+    _startup.read_ahead(str(startup_dir / "missing"))
+    assert _startup.wait() == 0
     listing.write_bytes(b"\xff\xfe not utf-8")
-    assert _startup.read_ahead(str(listing)) == 0
+    _startup.read_ahead(str(listing))
+    assert _startup.wait() == 0
+
+
+def test_read_ahead_threads_share_the_list_and_are_joined(tmp_path: Path, startup_dir: Path):
+    names = []
+    for i in range(10):
+        path = tmp_path / f"m{i}.pyc"
+        path.write_bytes(b"x" * (i + 1))
+        names.append(str(path))
+    listing = startup_dir / "list"
+    listing.write_text("\n".join(names) + "\n")
+    for threads in (1, 3, 4, 32):
+        _startup.read_ahead(str(listing), threads=threads)
+        assert _startup.wait() == 10
+        assert not [t for t in threading.enumerate() if t.name == "lazyfs-read-ahead"]
 
 
 def test_startup_files_are_the_loaded_modules_files() -> None:
@@ -85,6 +104,7 @@ def test_record_keeps_a_union_and_writes_only_on_change(
         Path(name).write_bytes(b"!")
     monkeypatch.setattr(_startup, "startup_files", lambda: list(now))
     _startup.read_ahead(path)
+    _startup.wait()
     assert _startup.record(path) is True
     assert Path(path).read_text().split() == sorted([str(old), *now])  # gone.pyc dropped
     assert _startup.record(path) is False  # nothing new: not written again
@@ -112,7 +132,8 @@ def test_the_cli_remembers_what_a_command_imported(tmp_path: Path, startup_dir: 
     files = listing.read_text().split()
     assert str(Path(cli.__spec__.cached)) in files or str(Path(cli.__file__)) in files
     assert any("/trio/" in f for f in files)
-    assert _startup.read_ahead(str(listing)) == len(files)
+    _startup.read_ahead(str(listing))
+    assert _startup.wait() == len(files)
 
 
 def test_the_entry_point_reads_ahead_then_runs_the_cli(tmp_path: Path) -> None:
