@@ -294,7 +294,24 @@ from lazyfs.formats.toc import _Columns, _entries_one_by_one  # noqa: E402
 
 _DIGESTS = ["sha256:" + hashlib.sha256(bytes([i])).hexdigest() for i in range(4)]
 _ODD = st.sampled_from(
-    [None, -1, 2**70, "7", 1.5, "", "sha256:xyz", "sha512:" + "0" * 128, "../x", "/abs", "a//b"]
+    [
+        None,
+        -1,
+        2**70,
+        "7",
+        1.5,
+        "",
+        "sha256:xyz",
+        "sha512:" + "0" * 128,
+        "../x",
+        "/abs",
+        "a//b",
+        ".",
+        "./",
+        "././x",
+        "./a/./b",
+        "./../x",
+    ]
 )
 
 
@@ -375,7 +392,33 @@ def _writer_like_toc(draw):
             row.pop(key, None)
         else:
             row[key] = value
+    if draw(st.booleans()):
+        # As `tar -C DIR .` names them: "./a", with the root as "./" or ".".
+        for row in entries:
+            if isinstance(row.get("name"), str):
+                row["name"] = "./" + row["name"]
+        if draw(st.booleans()):
+            entries.insert(0, {"type": "dir", "name": draw(st.sampled_from([".", "./"]))})
     return {"version": 1, "entries": entries}
+
+
+def test_the_column_reader_takes_names_with_a_leading_dot_slash():
+    """`tar -C DIR .` names ("./etc", "./" or "." for the root) stay on the fast path."""
+    rows = [
+        {"type": "dir", "name": "./", "mode": 0o755},
+        {"type": "dir", "name": "./etc", "mode": 0o755},
+        {"type": "reg", "name": "./etc/hostname", "mode": 0o644, "size": 0},
+        {"type": "symlink", "name": "./etc/mtab", "linkName": "../proc/mounts"},
+    ]
+    toc = {"version": 1, "entries": rows}
+    fast = _Columns("L", CODEC_ZSTD, 10**6).read(toc)
+    assert fast is not None, "declined"
+    entries, _, _ = _entries_one_by_one(toc, layer="L", codec=CODEC_ZSTD, data_end=10**6)
+    assert fast.entries == entries
+    assert [e.path for e in entries] == ["", "etc", "etc/hostname", "etc/mtab"]
+    for odd in ("././etc/x", "./etc/./x"):
+        toc["entries"] = [*rows, {"type": "reg", "name": odd, "size": 0}]
+        assert _Columns("L", CODEC_ZSTD, 10**6).read(toc) is None  # left to the reference
 
 
 @settings(max_examples=400, deadline=None)

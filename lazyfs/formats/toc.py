@@ -525,6 +525,12 @@ class _Columns:
         except (KeyError, TypeError):
             raise _Unusual from None
         joined = "\x00" + "\x00".join(names) + "\x00"
+        if "\x00./" in joined or "\x00.\x00" in joined:
+            # Names as `tar -C DIR .` writes them: "./etc", "./" and "." for the root. The
+            # reference normalises them to "etc" and ""; in bulk here. Anything else odd
+            # ("././x", "a/./b") is still left to the reference below.
+            names = [n[2:] if n[:2] == "./" else "" if n == "." else n for n in names]
+            joined = "\x00" + "\x00".join(names) + "\x00"
         if (
             joined.count("\x00") != len(names) + 1
             or "//" in joined
