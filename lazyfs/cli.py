@@ -523,7 +523,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from .runtime.container import RunSettings, run_container
 
     options = run_options(args)
-    settings = RunSettings(keep=args.keep, stop_timeout=args.stop_timeout)
+    settings = RunSettings(
+        keep=args.keep, stop_timeout=args.stop_timeout, zygote=getattr(args, "zygote", None)
+    )
     async with make_client(args) as client:
         report = await run_container(
             open_store(args.image, client),
@@ -735,6 +737,18 @@ def _run(args: argparse.Namespace) -> int:
             from .runtime.syscalls import enter_private_mount_namespace
 
             enter_private_mount_namespace()
+        if args.command == "run" and not args.init:
+            # The container's init, forked now (one thread, every module loaded) rather
+            # than started as a new interpreter later (see runtime/zygote.py). Not with
+            # --init: its reaper is the container's PID 1, and a fork of this process
+            # would show the container lazyfs's whole command line (-e values included).
+            from .runtime.zygote import Zygote
+
+            args.zygote = Zygote.fork()
+            try:
+                return trio.run(args.func, args)
+            finally:
+                args.zygote.cancel()  # if no container was started: it exits
         return trio.run(args.func, args)
 
     return _guarded(args, run)

@@ -516,3 +516,53 @@ def _processes_with(text: str, *, exact: bool = False) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+# ---------------------------------------------------------------------------- the init
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat_line = Path(f"/proc/{name}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat_line.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(name))
+    return out
+
+
+@pytest.mark.parametrize("init", [False, True])
+def test_the_init_is_a_fork_of_lazyfs_unless_init_is_asked(state, busybox, init, tmp_path):
+    """Without --init the container's init is the zygote forked before trio started, no
+    second interpreter; with --init it is exec'd, so that the reaper the container sees as
+    PID 1 shows no lazyfs command line (with its -e values)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    options = ("-v", f"{out}:/out", "-e", "SECRET=hunter2", "--stop-timeout", "1")
+    options += ("--init",) if init else ()
+    script = "tr '\\0' ' ' </proc/1/cmdline >/out/pid1.tmp; mv /out/pid1.tmp /out/pid1; sleep 30"
+    process = _start(state, busybox, "sh", "-c", script, options=options)
+    try:
+        deadline = time.monotonic() + 30
+        while not (out / "pid1").exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the container did not start"
+            time.sleep(0.05)
+        shims = _children(process.pid)
+        assert len(shims) == 1, shims
+        cmdline = Path(f"/proc/{shims[0]}/cmdline").read_bytes().split(b"\0")
+        assert (b"lazyfs.runtime.init" in cmdline) == init, cmdline
+        pid1 = (out / "pid1").read_text()
+        assert "hunter2" not in pid1, "the container sees lazyfs's command line"
+        if not init:
+            assert pid1.split()[:2] == ["sh", "-c"]
+        process.send_signal(signal.SIGTERM)
+        # sh as PID 1 ignores SIGTERM: killed after the stop timeout; under the reaper, not.
+        assert process.wait(timeout=15) == (143 if init else 137)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

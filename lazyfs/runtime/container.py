@@ -63,6 +63,7 @@ from .config import (
 )
 from .init import InitSpec
 from .syscalls import MNT_DETACH, mount, umount2
+from .zygote import ForkedProcess, Zygote
 
 __all__ = ["RunReport", "RunSettings", "detach_mount", "mount_overlay", "run_container"]
 
@@ -86,6 +87,8 @@ class RunSettings:
     stop_timeout: float = 10.0
     state_root: Path | None = None  # default: $TMPDIR
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    #: A pre-forked init (see :mod:`.zygote`); without one, the init is a new interpreter.
+    zygote: Zygote | None = None
 
 
 @dataclass
@@ -152,7 +155,7 @@ class _Container:
         self.lower = state / "lower"
         self.rootfs = state / "rootfs"
         self.pty: terminal.Pty | None = None
-        self.process: trio.Process | None = None
+        self.process: trio.Process | ForkedProcess | None = None
         self.container_pid: int | None = None
         self.error: dict | None = None
         self.exec_done = trio.Event()
@@ -213,6 +216,20 @@ class _Container:
         else:
             stdin = 0 if self.options.interactive else subprocess.DEVNULL
             stdio = (stdin, 1, 2)
+        zygote = self.settings.zygote
+        if zygote is not None and not zygote.started:
+            null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fds = tuple(null if fd == subprocess.DEVNULL else fd for fd in stdio)
+                self.process = zygote.start(spec_r, status_w, fds)  # type: ignore[arg-type]
+            finally:
+                os.close(null)
+                os.close(spec_r)
+                os.close(status_w)
+                if self.pty is not None:
+                    self.pty.close_slave()
+            self.status_fd = status_r
+            return
         package_root = str(Path(lazyfs.__file__).resolve().parent.parent)
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),

@@ -1,0 +1,73 @@
+"""The pre-forked init (lazyfs/runtime/zygote.py) when no container is started.
+
+Starting containers through it is covered by tests/test_run.py (every ``lazyfs run``
+without ``--init`` goes through it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from lazyfs.runtime.zygote import Zygote
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":  # exited; its parent has not reaped it (yet)
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_cancelled_zygote_exits_and_is_reaped() -> None:
+    zygote = Zygote.fork()
+    assert Path(f"/proc/{zygote.pid}").exists()
+    zygote.cancel()
+    assert not Path(f"/proc/{zygote.pid}").exists(), "not reaped"
+    zygote.cancel()  # twice is fine
+
+
+def test_a_zygote_exits_when_lazyfs_dies_before_starting_it(tmp_path: Path) -> None:
+    """The socket's end (lazyfs killed, or gone) makes the zygote exit, not linger."""
+    code = textwrap.dedent(
+        """
+        import os, sys
+        from lazyfs.runtime.zygote import Zygote
+        z = Zygote.fork()
+        print(z.pid, flush=True)
+        os._exit(0)  # no cancel: as if killed
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    pid = int(out.stdout.split()[0])
+    assert _gone(pid), f"the zygote {pid} outlived lazyfs"
+
+
+def test_starting_a_zygote_twice_is_refused() -> None:
+    zygote = Zygote.fork()
+    zygote.cancel()
+    try:
+        zygote.start(0, 1, (0, 1, 2))
+    except RuntimeError as exc:
+        assert "already started or cancelled" in str(exc)
+    else:
+        raise AssertionError("started a cancelled zygote")
