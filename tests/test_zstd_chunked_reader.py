@@ -614,6 +614,18 @@ def test_toc_shorter_than_declared():
         read(built)
 
 
+def test_a_frame_after_a_toc_of_the_declared_size_is_refused():
+    """The first frame alone matches the declared size; what follows it still counts."""
+    toc_json = json.dumps({"version": 1, "entries": []}).encode()
+    two = _Z.compress(toc_json) + _Z.compress(b" more")
+    built = chunked_blob(every_kind(), dialect="legacy", compressed_toc=two)
+    off, length = built.footer.toc_offset, built.footer.toc_length
+    ann = dict(built.annotations)
+    ann[OLD + "manifest-position"] = f"{off}:{length}:{len(toc_json)}:1"
+    with pytest.raises(LayerIndexError, match="decompresses to more bytes"):
+        read(built, annotations=ann)
+
+
 def test_toc_decompression_bomb_is_refused_without_inflating_it():
     bomb = zstandard.ZstdCompressor(level=1).compress(b" " * (64 << 20))
     built = chunked_blob(every_kind(), dialect="legacy", compressed_toc=bomb)
