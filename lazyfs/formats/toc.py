@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, repeat
 from operator import and_, lt, mul
 
-import msgspec
+import orjson
 
 from ..errors import LayerIndexError
 from ..fs.chunktable import CODEC_CODES, ChunkTable
@@ -105,10 +105,8 @@ def parse_toc_json(data: bytes, *, layer: str) -> dict:
     enabled = gc.isenabled()
     gc.disable()  # a TOC is a million dicts and no cycle: collections would walk them all
     try:
-        # msgspec: the dicts orjson would give, faster (integers of any size stay integers;
-        # the readers check their ranges).
-        toc = msgspec.json.decode(data)
-    except ValueError as exc:  # msgspec's DecodeError and ValidationError, bad UTF-8
+        toc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise LayerIndexError(f"layer {layer}: the TOC is not valid JSON ({exc})") from None
     finally:
         if enabled:
