@@ -71,3 +71,32 @@ def test_starting_a_zygote_twice_is_refused() -> None:
         assert "already started or cancelled" in str(exc)
     else:
         raise AssertionError("started a cancelled zygote")
+
+
+def test_a_waiting_zygote_leaves_ctrl_c_to_lazyfs() -> None:
+    """A terminal's Ctrl-C reaches the whole process group: the zygote must neither die of
+    it nor say anything; lazyfs decides (here: cancels it)."""
+    code = textwrap.dedent(
+        """
+        import os, signal, time
+        from lazyfs.runtime.zygote import Zygote
+        z = Zygote.fork()
+        time.sleep(0.2)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            os.kill(z.pid, sig)
+        time.sleep(0.3)
+        state = open(f"/proc/{z.pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        print("alive" if state != "Z" else "dead", flush=True)
+        z.cancel()
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "alive"
+    assert out.stderr == ""

@@ -93,14 +93,22 @@ class Zygote:
             pass
 
 
+#: Signals a terminal or a supervisor sends lazyfs's whole process group: while it waits,
+#: the zygote leaves them to lazyfs (which cancels it, or hands it a container).
+_WAITING_IGNORES = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
 def _become_init(sock: socket.socket) -> int:
     """(In the zygote.) Wait for the spec, set up the process like the exec'd init, run it."""
+    saved = {signum: signal.signal(signum, signal.SIG_IGN) for signum in _WAITING_IGNORES}
     try:
         message, fds, _, _ = socket.recv_fds(sock, len(_START), 5)
     except OSError:
         return 0
     finally:
         sock.close()
+    for signum, handler in saved.items():  # as a new interpreter has them: init relies on it
+        signal.signal(signum, handler)
     if message != _START or len(fds) != 5:
         for fd in fds:
             os.close(fd)
