@@ -42,6 +42,9 @@ log = logging.getLogger("lazyfs.fuse")
 #: How long the kernel may cache entries and attributes (the image is immutable).
 CACHE_TIMEOUT = 24 * 3600.0
 BLOCK_SIZE = 4096
+#: In an open's flags: the kernel opens the file for ``execve`` (``__FMODE_EXEC``), the
+#: program's and its ELF interpreter's (seen here on 6.18; not in any uapi header).
+FMODE_EXEC = 0x20
 #: Seconds a failed read is remembered for the kernel's immediate second request.
 FAILURE_MEMORY = 1.0
 #: A read starting within this distance, or twice its own size, of where the file handle's
@@ -152,8 +155,8 @@ class LazyOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = [inode, 0]
-        try:
-            self.image.opened(inode)  # an executable or library is fetched whole, now
+        try:  # a program being executed, or a library, is fetched whole, now
+            self.image.opened(inode, executing=bool(flags & FMODE_EXEC))
         except Exception:  # a hint: it must not fail the open (nor stop pyfuse3)
             log.exception("prefetch of %s on open failed", self.tree.path(inode))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)

@@ -604,31 +604,31 @@ def test_the_tree_keeps_no_reference_to_the_layer_indexes():
 
 
 @pytest.mark.parametrize(
-    ("name", "mode", "chunks", "mapped"),
+    ("name", "executing", "chunks", "mapped"),
     [
-        ("python3", 0o755, 2, True),  # an executable
-        ("tool", 0o700, 3, True),
-        ("tool", 0o001, 2, True),  # any execute bit
-        ("libc.so.6", 0o644, 2, True),  # a shared library, whatever its mode
-        ("libx.so", 0o644, 2, True),
-        ("libz.so.1.2.13", 0o444, 5, True),
-        ("python3", 0o755, 1, False),  # one chunk: its first read fetches it all
-        ("data.bin", 0o644, 4, False),
-        ("x.socket", 0o644, 2, False),  # ".so" not followed by a dot or the end
-        ("notes.sonnet", 0o644, 2, False),
-        ("a.so.txt.so", 0o644, 2, True),
+        ("python3", True, 2, True),  # opened by execve
+        ("tool", True, 3, True),
+        ("python3", False, 2, False),  # an executable only read (cp, file, a scanner)
+        ("libc.so.6", False, 2, True),  # a shared library, opened by the loader
+        ("libx.so", False, 2, True),
+        ("libz.so.1.2.13", False, 5, True),
+        ("python3", True, 1, False),  # one chunk: its first read fetches it all
+        ("data.bin", False, 4, False),
+        ("x.socket", False, 2, False),  # ".so" not followed by a dot or the end
+        ("notes.sonnet", False, 2, False),
+        ("a.so.txt.so", False, 2, True),
     ],
 )
-def test_mapped_content_is_executables_and_libraries_of_several_chunks(
-    name: str, mode: int, chunks: int, mapped: bool
+def test_mapped_content_is_what_is_executed_and_libraries_of_several_chunks(
+    name: str, executing: bool, chunks: int, mapped: bool
 ) -> None:
     pieces = [Chunk(i * 10, 10, i * 10, 10, 0, CODEC_NONE) for i in range(chunks)]
-    entry = ModelEntry(f"d/{name}", EntryType.REG, mode=mode, size=10 * chunks, chunks=pieces)
+    entry = ModelEntry(f"d/{name}", EntryType.REG, mode=0o755, size=10 * chunks, chunks=pieces)
     tree = MergedTree.build([model_layer(ModelEntry("d", EntryType.DIR), entry)])
     d = tree.lookup(ROOT_INODE, b"d")
     ino = tree.lookup(d, name.encode())
-    assert tree.mapped_content(ino) == ((0, 0, chunks) if mapped else None)
-    assert tree.mapped_content(d) is None  # a directory
+    assert tree.mapped_content(ino, executing=executing) == ((0, 0, chunks) if mapped else None)
+    assert tree.mapped_content(d, executing=True) is None  # a directory
 
 
 # ---------------------------------------------------------------- the umoci oracle

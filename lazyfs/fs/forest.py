@@ -363,16 +363,16 @@ class LayerForest:
 
     # ------------------------------------------------------------------ contents
 
-    def opened(self, ino: int) -> None:
-        """A file was opened: have its layer's reader fetch it whole if programs map it
-        (see :meth:`~lazyfs.fs.tree.MergedTree.mapped_content`)."""
+    def opened(self, ino: int, *, executing: bool = False) -> None:
+        """A file was opened (``executing``: by ``execve``): have its layer's reader fetch
+        it whole if programs map it (see :meth:`~lazyfs.fs.tree.MergedTree.mapped_content`)."""
         if not self.prefetch_opened or ino == ROOT_INODE:
             return
         try:
             layer = self.layer_of(ino)
         except KeyError:
             return
-        content = layer.tree.mapped_content(ino - layer.base)
+        content = layer.tree.mapped_content(ino - layer.base, executing=executing)
         if content is not None:
             layer.fetcher.prefetch_file(*content)
 

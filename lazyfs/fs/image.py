@@ -83,12 +83,13 @@ class LazyImage:
             layer, first, count, offset, size, sequential_hint=sequential
         )
 
-    def opened(self, ino: int) -> None:
-        """A file was opened: start fetching it whole if it is one programs map (see
-        :meth:`~lazyfs.fs.tree.MergedTree.mapped_content`) and prefetching is on."""
+    def opened(self, ino: int, *, executing: bool = False) -> None:
+        """A file was opened (``executing``: by ``execve``): start fetching it whole if it
+        is one programs map (see :meth:`~lazyfs.fs.tree.MergedTree.mapped_content`) and
+        prefetching is on."""
         if not self.options.prefetch:
             return
-        content = self.tree.mapped_content(ino)
+        content = self.tree.mapped_content(ino, executing=executing)
         if content is not None:
             self.fetcher.prefetch_file(*content)
 

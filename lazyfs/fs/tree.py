@@ -336,19 +336,22 @@ class MergedTree:
             return None
         return self._layer[ino], self._start[ino], count
 
-    def mapped_content(self, ino: int) -> tuple[int, int, int] | None:
+    def mapped_content(self, ino: int, *, executing: bool) -> tuple[int, int, int] | None:
         """:meth:`content` of a file programs map when they open it, if it has 2+ chunks.
 
-        That is an executable (any execute bit) or a shared library (a name with ``.so``
-        followed by its end or a dot, like ``libc.so.6``): the kernel maps it and faults its
-        pages in, here and there, each fault a read. The fetcher gets such a file whole when
-        it is opened (:meth:`~lazyfs.fs.fetcher.ChunkFetcher.prefetch_file`). A file of one
-        chunk gains nothing: its first read fetches all of it.
+        That is a file opened to be executed (``executing``: the kernel's open for
+        ``execve``, of the program and of its ELF interpreter) or a shared library (a name
+        with ``.so`` followed by its end or a dot, like ``libc.so.6``, which the dynamic
+        loader opens like any file): the kernel maps it and faults its pages in, here and
+        there, each fault a read. The fetcher gets such a file whole when it is opened
+        (:meth:`~lazyfs.fs.fetcher.ChunkFetcher.prefetch_file`). An executable that is only
+        read (``cp``, ``file``, a scanner) is not. A file of one chunk gains nothing: its
+        first read fetches all of it.
         """
         content = self.content(ino)
         if content is None or content[2] < 2:
             return None
-        if self._mode[ino] & 0o111:
+        if executing:
             return content
         name = self._name(self._first_name[ino])
         at = name.find(b".so")
