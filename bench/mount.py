@@ -721,6 +721,23 @@ def mount_only(img: Image) -> dict:
         return {"error": str(exc), "wall": time.perf_counter() - started}
 
 
+def mount_times(img: Image, runs: int) -> dict[str, list[float]]:
+    """Wall seconds of ``lazyfs mount --daemon`` of ``img`` (an empty cache directory each
+    time): ``warm`` with lazyfs's own files (Python, its modules) in the page cache, right
+    after another mount and a ``sync``; ``cold`` right after dropping the page cache."""
+    out: dict[str, list[float]] = {"warm": [], "cold": []}
+    with mounted(img.ref):
+        pass  # lazyfs's files into the page cache
+    for _ in range(runs):
+        os.sync()  # what earlier measures wrote (chunk caches) is not this mount's work
+        with mounted(img.ref) as m:
+            out["warm"].append(m.wall)
+        drop_caches()
+        with mounted(img.ref) as m:
+            out["cold"].append(m.wall)
+    return out
+
+
 def startup_seconds() -> float:
     """Wall time of ``python -m lazyfs --version``: the interpreter and the CLI import."""
     started = time.perf_counter()
@@ -806,6 +823,8 @@ def bench(args) -> dict:
             walks["lazyfs"].append(walk_lazyfs(files))
             walks["native"].append(walk_native(files))
         res["walk"] = walks
+        say(f"mounts of {files.name}, lazyfs's files in the page cache and not")
+        res["mount_times"] = mount_times(files, max(args.runs, 5))
         mounts = {files.name: [w["mount"] for w in walks["lazyfs"]]}
         if "million" in images:
             img = images["million"]
@@ -969,6 +988,10 @@ def summarise(res: dict) -> dict:
             "runs": len(samples),
         }
     out["startup"] = med(res["startup"])
+    times = res.get("mount_times") or {}
+    out["mount_times"] = {k: med(v) for k, v in times.items()} | {
+        f"{k}_runs": len(v) for k, v in times.items()
+    }
     w = out["walk"]
     seq = out["seq"].get("random") or next(iter(out["seq"].values()))
     files_name = next(iter(res["mounts"]))
@@ -990,13 +1013,25 @@ def summarise(res: dict) -> dict:
             "shown": f"{seq['lazyfs_cold_mbs']:.0f} MB/s",
             "pass": seq["lazyfs_cold_mbs"] >= 400,
         },
-        "mount_100k": {
-            "value": out["mounts"][files_name]["wall"],
-            "shown": f"{out['mounts'][files_name]['wall']:.2f} s ({w['entries']:,} entries)",
-            "pass": out["mounts"][files_name]["wall"] < 1.0,
-        },
+        "mount_100k": _mount_target(out, files_name, w["entries"]),
     }
     return out
+
+
+def _mount_target(out: dict, files_name: str, entries: int) -> dict:
+    """The 100k-entry mount target: judged on the mounts with the page cache dropped (the
+    harder case) when they were measured, else on the walk's mounts."""
+    times = out.get("mount_times") or {}
+    if "cold" in times:
+        cold, warm = times["cold"], times["warm"]
+        return {
+            "value": cold,
+            "shown": f"{cold:.2f} s after dropping the page cache, {warm:.2f} s with lazyfs's "
+            f"files in it ({entries:,} entries; medians of {times['cold_runs']})",
+            "pass": cold < 1.0,
+        }
+    wall = out["mounts"][files_name]["wall"]
+    return {"value": wall, "shown": f"{wall:.2f} s ({entries:,} entries)", "pass": wall < 1.0}
 
 
 def render(res: dict) -> str:
@@ -1157,8 +1192,17 @@ def render(res: dict) -> str:
         f"--version` alone takes {s['startup']:.2f} s. RSS: the daemon's right after the "
         f"mount (after the walk of the {wk['entries']:,}-entry image: "
         f"{wk['rss_after_walk'] / MB:.0f} MB, peak {wk['vmhwm_after_walk'] / MB:.0f} MB). "
-        "Entries include the 1000 directories."
+        "Entries include the 1000 directories. The mounts of the walks come right after "
+        "the page cache was dropped (for the native walk or the reads before)."
     )
+    times = s.get("mount_times") or {}
+    if "cold" in times:
+        w()
+        w(
+            f"`lazyfs mount --daemon` of {next(iter(s['mounts']))}, medians of "
+            f"{times['cold_runs']}: {times['warm']:.2f} s with lazyfs's own files (Python, "
+            f"its modules) in the page cache, {times['cold']:.2f} s right after dropping it."
+        )
     w()
     w(f"Whole bench: {res['seconds']:.0f} s (building the cached files: {res['prepare_s']:.0f} s).")
     return out.getvalue()
