@@ -36,6 +36,7 @@ __all__ = [
     "EntryType",
     "LayerIndex",
     "normalize_path",
+    "rows_of",
 ]
 
 #: How a chunk's bytes are stored in the blob.
@@ -134,6 +135,17 @@ class Entry:
     def name(self) -> str:
         """The last path component."""
         return self.path.rpartition("/")[2]
+
+
+def rows_of(kinds: bytes, kind: int) -> list[int]:
+    """The rows of an :class:`EntryTable` ``kinds`` column holding ``kind`` (for kinds few
+    rows have: one ``bytes.find`` per row found)."""
+    out = []
+    i = kinds.find(kind)
+    while i >= 0:
+        out.append(i)
+        i = kinds.find(kind, i + 1)
+    return out
 
 
 class EntryTable:

@@ -37,7 +37,7 @@ import orjson
 from ..errors import LayerIndexError
 from ..fs.chunktable import CODEC_CODES, ChunkTable
 from ..oci.digest import Digest
-from .model import CODEC_ZEROS, Chunk, Entry, EntryTable, EntryType, normalize_path
+from .model import CODEC_ZEROS, Chunk, Entry, EntryTable, EntryType, normalize_path, rows_of
 
 __all__ = [
     "LAZYFS_PREFETCH_KEY",
@@ -552,7 +552,7 @@ class _Columns:
         ):
             raise _Unusual  # a root that is not a directory
         links = self.strings(rows, "linkName")
-        for i in _rows_of(kinds, _HARDLINK):
+        for i in rows_of(kinds, _HARDLINK):
             try:
                 links[i] = normalize_path(links.get(i, ""), layer=self.layer)
             except LayerIndexError:
@@ -750,16 +750,6 @@ class _Columns:
             codec=bytes([CODEC_CODES[self.codec]]) * len(rows),
             digests=raw,
         )
-
-
-def _rows_of(kinds: bytes, kind: int) -> list[int]:
-    """The rows of one kind (for kinds few rows have)."""
-    out = []
-    i = kinds.find(kind)
-    while i >= 0:
-        out.append(i)
-        i = kinds.find(kind, i + 1)
-    return out
 
 
 def _sha256_bytes(digests: list[str]) -> bytes | None:

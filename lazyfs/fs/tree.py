@@ -95,7 +95,7 @@ from types import MappingProxyType
 from typing import overload
 
 from ..errors import LayerIndexError
-from ..formats.model import EntryTable, EntryType, LayerIndex
+from ..formats.model import EntryTable, EntryType, LayerIndex, rows_of
 from .chunktable import ChunkTable
 
 __all__ = ["OVERLAY_OPAQUE_XATTR", "ROOT_INODE", "Attr", "MergedTree"]
@@ -458,16 +458,6 @@ def _first_bad(values: Sequence, typecode: str) -> int | None:
     return None
 
 
-def _rows_of(kinds: bytes, kind: int) -> list[int]:
-    """The rows of one kind (for kinds few rows have)."""
-    out = []
-    i = kinds.find(kind)
-    while i >= 0:
-        out.append(i)
-        i = kinds.find(kind, i + 1)
-    return out
-
-
 def _typecode(lo: int, hi: int) -> str:
     """The smallest ``array`` type holding every integer from ``lo`` to ``hi``."""
     for code in "BHIQ" if lo >= 0 else "bhiq":
@@ -545,17 +535,9 @@ class _Layer:
         self.bpaths = out
 
 
-_IFMT_OF_KIND = [0] * 256
-for _kind, _ifmt in {
-    EntryType.REG: stat.S_IFREG,
-    EntryType.DIR: stat.S_IFDIR,
-    EntryType.SYMLINK: stat.S_IFLNK,
-    EntryType.HARDLINK: stat.S_IFREG,
-    EntryType.CHAR: stat.S_IFCHR,
-    EntryType.BLOCK: stat.S_IFBLK,
-    EntryType.FIFO: stat.S_IFIFO,
-}.items():
-    _IFMT_OF_KIND[_kind] = _ifmt
+_IFMT_OF_KIND = [0] * 256  # EntryType -> its st_mode type bits, for map() over a kinds column
+for _kind in EntryType:
+    _IFMT_OF_KIND[_kind] = _kind.s_ifmt
 _REG, _DIR, _SYMLINK, _HARDLINK, _CHAR, _BLOCK, _FIFO = (int(k) for k in EntryType)
 #: Kinds whose mode the tree uses (a symlink's is always 0777, a hardlink's is ignored).
 _MODE_KINDS = frozenset((_REG, _DIR, _CHAR, _BLOCK, _FIFO))
@@ -626,7 +608,7 @@ class _Builder:
                 raise layer.error(i, f"has an unknown type {kind!r}")
             self._check_modes(layer)
             modes = list(map(or_, map(_IFMT_OF_KIND.__getitem__, t.kinds), t.modes))
-            for i in _rows_of(t.kinds, _SYMLINK):
+            for i in rows_of(t.kinds, _SYMLINK):
                 modes[i] = stat.S_IFLNK | 0o777
             sizes = t.sizes
             if any(compress(sizes, t.kinds.translate(_NOT_REG_TABLE))):
