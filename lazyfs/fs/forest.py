@@ -47,33 +47,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol, overload
+from typing import Any, overload
 
+from .files import ChunkReader, prefetch_if_mapped, read_file
 from .tree import ROOT_INODE, Attr, MergedTree
 
-__all__ = ["ForestLayer", "LayerForest", "LayerReader"]
+__all__ = ["ForestLayer", "LayerForest"]
 
 #: The root directory's mode: anyone may list it and enter the layers.
 ROOT_MODE = stat.S_IFDIR | 0o755
 _NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})
 _INVALID_NAMES = frozenset({"", ".", ".."})
-
-
-class LayerReader(Protocol):
-    """What a layer's content is read through (a :class:`~lazyfs.fs.fetcher.ChunkFetcher`)."""
-
-    async def read(
-        self,
-        layer: int,
-        first: int,
-        count: int,
-        offset: int,
-        size: int,
-        *,
-        sequential_hint: bool = False,
-    ) -> bytes: ...
-
-    def prefetch_file(self, layer: int, first: int, count: int) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -90,7 +74,7 @@ class ForestLayer:
 
     name: str
     tree: MergedTree
-    fetcher: LayerReader
+    fetcher: ChunkReader
     base: int
     info: dict[str, Any] = field(default_factory=dict)
     added_at: float = field(default_factory=time.time)
@@ -170,7 +154,7 @@ class LayerForest:
         self,
         name: str,
         tree: MergedTree,
-        fetcher: LayerReader,
+        fetcher: ChunkReader,
         *,
         info: dict[str, Any] | None = None,
     ) -> ForestLayer:
@@ -372,9 +356,7 @@ class LayerForest:
             layer = self.layer_of(ino)
         except KeyError:
             return
-        content = layer.tree.mapped_content(ino - layer.base, executing=executing)
-        if content is not None:
-            layer.fetcher.prefetch_file(*content)
+        prefetch_if_mapped(layer.tree, layer.fetcher, ino - layer.base, executing=executing)
 
     async def read(self, ino: int, offset: int, size: int, *, sequential: bool = False) -> bytes:
         """Bytes ``[offset, offset+size)`` of regular file ``ino`` (short at its end).
@@ -382,15 +364,6 @@ class LayerForest:
         Read through the file's layer's fetcher. ``KeyError`` for an unknown inode.
         """
         layer = self.layer_of(ino)
-        local = ino - layer.base
-        file_size = layer.tree.size(local)
-        if offset >= file_size or size <= 0:
-            return b""
-        size = min(size, file_size - offset)
-        content = layer.tree.content(local)
-        if content is None:
-            return bytes(size)  # a file whose content is all holes
-        table, first, count = content
-        return await layer.fetcher.read(
-            table, first, count, offset, size, sequential_hint=sequential
+        return await read_file(
+            layer.tree, layer.fetcher, ino - layer.base, offset, size, sequential=sequential
         )

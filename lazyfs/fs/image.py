@@ -26,6 +26,7 @@ from ..oci.resolve import ResolvedImage
 from ..oci.store import ImageStore
 from .cache import ChunkCache
 from .fetcher import ChunkFetcher, LayerSource
+from .files import prefetch_if_mapped, read_file
 from .tree import MergedTree
 
 __all__ = ["LazyImage", "MountOptions", "default_cache_dir", "open_image"]
@@ -71,27 +72,13 @@ class LazyImage:
 
     async def read(self, ino: int, offset: int, size: int, *, sequential: bool = False) -> bytes:
         """Bytes ``[offset, offset+size)`` of regular file ``ino`` (short at its end)."""
-        file_size = self.tree.size(ino)
-        if offset >= file_size or size <= 0:
-            return b""
-        size = min(size, file_size - offset)
-        content = self.tree.content(ino)
-        if content is None:
-            return bytes(size)  # a file whose content is all holes
-        layer, first, count = content
-        return await self.fetcher.read(
-            layer, first, count, offset, size, sequential_hint=sequential
-        )
+        return await read_file(self.tree, self.fetcher, ino, offset, size, sequential=sequential)
 
     def opened(self, ino: int, *, executing: bool = False) -> None:
-        """A file was opened (``executing``: by ``execve``): start fetching it whole if it
-        is one programs map (see :meth:`~lazyfs.fs.tree.MergedTree.mapped_content`) and
-        prefetching is on."""
-        if not self.options.prefetch:
-            return
-        content = self.tree.mapped_content(ino, executing=executing)
-        if content is not None:
-            self.fetcher.prefetch_file(*content)
+        """A file was opened (``executing``: by ``execve``): see :func:`prefetch_if_mapped`;
+        nothing with prefetching off."""
+        if self.options.prefetch:
+            prefetch_if_mapped(self.tree, self.fetcher, ino, executing=executing)
 
     def stats(self) -> dict:
         """What a mount reports to ``lazyfs stats``."""
