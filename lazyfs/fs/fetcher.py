@@ -301,6 +301,15 @@ def _pread_all(path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     return out
 
 
+def _blob_key(src: LayerSource, i: int) -> bytes | None:
+    """Chunk ``i``'s digest (its cache key) if its content comes from the blob: not for
+    zeros, nor for chunks read from a plain layer's local copy, nor without a digest."""
+    codec = src.table.codec(i)
+    if codec == CODEC_ZEROS or (src.local_path is not None and codec == CODEC_NONE):
+        return None
+    return src.table.digest_bytes(i)
+
+
 def _prefetch_order(
     table: ChunkTable, boundary: int | None, everything: bool
 ) -> tuple[list[int], list[int]]:
@@ -591,10 +600,7 @@ class ChunkFetcher:
             chunk_offset, _ = table.file_span(i)
             if chunk_offset >= limit:
                 break
-            codec = table.codec(i)
-            if codec == CODEC_ZEROS or (src.local_path is not None and codec == CODEC_NONE):
-                continue
-            key = table.digest_bytes(i)
+            key = _blob_key(src, i)
             if key is None or key in own or key in self._flights or self.cache.contains(key):
                 continue
             _, blob_length = table.blob_range(i)
@@ -753,22 +759,15 @@ class ChunkFetcher:
         limit = self._batch_limit(needed=i <= last)
         load: dict[bytes, None] = {}  # on disk, not in memory: loaded in the background
         while i < end:
-            codec = table.codec(i)
             _, length = table.blob_range(i)
             if i > last:
                 offset, _ = table.file_span(i)
                 if offset >= file_limit or blob_left <= 0:
                     break
-                if codec != CODEC_ZEROS:
+                if table.codec(i) != CODEC_ZEROS:
                     blob_left -= length
-            key = table.digest_bytes(i)
-            if (
-                codec == CODEC_ZEROS
-                or (src.local_path is not None and codec == CODEC_NONE)
-                or key is None
-                or key in batch
-                or key in self._flights
-            ):
+            key = _blob_key(src, i)
+            if key is None or key in batch or key in self._flights:
                 i += 1
                 continue
             if self.cache.contains(key):
@@ -821,10 +820,7 @@ class ChunkFetcher:
         budget = max_bytes
         started = False
         for i in range(first, first + count):
-            codec = table.codec(i)
-            if codec == CODEC_ZEROS or (src.local_path is not None and codec == CODEC_NONE):
-                continue
-            key = table.digest_bytes(i)
+            key = _blob_key(src, i)
             if key is None or key in batch or key in self._flights or self.cache.contains(key):
                 continue
             _, length = table.blob_range(i)
