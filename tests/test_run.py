@@ -66,6 +66,16 @@ def state(tmp_path: Path) -> Iterator[dict]:
     assert _run_cgroups() == before_cgroups, "lazyfs run left a cgroup"
 
 
+def _run_argv(state: dict, image: str, args: tuple[str, ...], options: tuple[str, ...]) -> list:
+    """``python -m lazyfs run`` with the test's cache directory."""
+    cache = ["--cache-dir", str(state["cache"])]
+    return [sys.executable, "-m", "lazyfs", "run", *cache, *options, image, *args]
+
+
+def _run_env(state: dict) -> dict:
+    return {**os.environ, "TMPDIR": str(state["tmpdir"])}
+
+
 def lazyfs_run(
     state: dict,
     image: str,
@@ -74,23 +84,12 @@ def lazyfs_run(
     input: str | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TMPDIR": str(state["tmpdir"])}
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lazyfs",
-            "run",
-            "--cache-dir",
-            str(state["cache"]),
-            *options,
-            image,
-            *args,
-        ],
+        _run_argv(state, image, args, options),
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=_run_env(state),
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
@@ -353,24 +352,13 @@ def test_verbose_prints_phases_and_bytes(state, busybox_chunked):
 
 
 def _start(state: dict, image: str, *args: str, options: tuple[str, ...] = ()):
-    env = {**os.environ, "TMPDIR": str(state["tmpdir"])}
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lazyfs",
-            "run",
-            "--cache-dir",
-            str(state["cache"]),
-            *options,
-            image,
-            *args,
-        ],
+        _run_argv(state, image, args, options),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=_run_env(state),
     )
 
 

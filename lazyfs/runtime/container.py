@@ -31,7 +31,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -110,6 +109,24 @@ class RunReport:
             f"compressed image ({share:.1%})"
         )
         return lines
+
+
+async def _exec_init(spec_fd: int, status_fd: int, stdio: tuple[int, int, int]) -> trio.Process:
+    """The init as a new interpreter (``--init``, or without a zygote)."""
+    package_root = str(Path(lazyfs.__file__).resolve().parent.parent)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "PYTHONPATH": package_root,
+    }
+    return await trio.lowlevel.open_process(
+        [sys.executable, "-S", "-m", "lazyfs.runtime.init", str(spec_fd), str(status_fd)],
+        stdin=stdio[0],
+        stdout=stdio[1],
+        stderr=stdio[2],
+        pass_fds=(spec_fd, status_fd),
+        start_new_session=True,
+        env=env,
+    )
 
 
 def _etc_files(state: Path, hostname: str, network: str) -> dict[str, str]:
@@ -211,43 +228,20 @@ class _Container:
         status_r, status_w = os.pipe()
         os.write(spec_w, spec.to_json().encode())  # small: fits the pipe's buffer
         os.close(spec_w)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         if self.pty is not None:
             stdio = (self.pty.slave,) * 3
         else:
-            stdin = 0 if self.options.interactive else subprocess.DEVNULL
-            stdio = (stdin, 1, 2)
+            stdio = (0 if self.options.interactive else null, 1, 2)
         zygote = self.settings.zygote
-        if zygote is not None and not zygote.started:
-            null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                fds = tuple(null if fd == subprocess.DEVNULL else fd for fd in stdio)
-                self.process = zygote.start(spec_r, status_w, fds)  # type: ignore[arg-type]
-            finally:
-                os.close(null)
-                os.close(spec_r)
-                os.close(status_w)
-                if self.pty is not None:
-                    self.pty.close_slave()
-            self.status_fd = status_r
-            return
-        package_root = str(Path(lazyfs.__file__).resolve().parent.parent)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "PYTHONPATH": package_root,
-        }
         try:
-            self.process = await trio.lowlevel.open_process(
-                [sys.executable, "-S", "-m", "lazyfs.runtime.init", str(spec_r), str(status_w)],
-                stdin=stdio[0],
-                stdout=stdio[1],
-                stderr=stdio[2],
-                pass_fds=(spec_r, status_w),
-                start_new_session=True,
-                env=env,
-            )
+            if zygote is not None and not zygote.started:
+                self.process = zygote.start(spec_r, status_w, stdio)
+            else:
+                self.process = await _exec_init(spec_r, status_w, stdio)
         finally:
-            os.close(spec_r)
-            os.close(status_w)
+            for fd in (null, spec_r, status_w):
+                os.close(fd)
             if self.pty is not None:
                 self.pty.close_slave()
         self.status_fd = status_r

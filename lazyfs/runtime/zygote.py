@@ -150,9 +150,6 @@ class ForkedProcess:
         if self.returncode is None and self._pidfd is not None:
             signal.pidfd_send_signal(self._pidfd, signum)
 
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
     async def wait(self) -> int:
         """Its exit status, ``-N`` if signal N killed it (like :class:`trio.Process`)."""
         if self.returncode is None:
