@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import platform
+import socket
 import statistics
 import sys
 from pathlib import Path
 
-__all__ = ["RESULTS", "cpu_model", "median", "percentile", "save_results", "say"]
+__all__ = ["RESULTS", "cpu_model", "median", "percentile", "save_results", "say", "stamp"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,6 +42,25 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "?"
+
+
+def stamp(**machine) -> dict:
+    """When and where a result was made: ``date``, ``time`` (UTC), ``host``, and ``machine``
+    (CPUs, CPU model, memory, kernel, Python, plus the part's own ``machine`` entries)."""
+    now = datetime.datetime.now(datetime.UTC)
+    return {
+        "date": now.strftime("%Y-%m-%d"),
+        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "host": socket.gethostname().split(".")[0],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": cpu_model(),
+            "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            **machine,
+        },
+    }
 
 
 def save_results(part: str, res: dict, text: str) -> Path:

@@ -32,17 +32,14 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import gzip
 import hashlib
 import io
 import json
 import os
-import platform
 import pstats
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,9 +49,9 @@ from pathlib import Path
 import trio
 import zstandard
 
-from bench._common import cpu_model, save_results, say
 from bench._common import median as med
 from bench._common import percentile as pct
+from bench._common import save_results, say, stamp
 from lazyfs.convert import ConvertOptions, convert_image
 from lazyfs.formats.annotations import (
     ZSTD_CHUNKED_MANIFEST_POSITION,
@@ -582,20 +579,13 @@ async def bench(args) -> dict:
                 "read_samples": samples,
             }
         )
-    now = datetime.datetime.now(datetime.UTC)
     return {
-        "date": now.strftime("%Y-%m-%d"),
-        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "host": socket.gethostname().split(".")[0],
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu": cpu_model(),
-            "python": platform.python_version(),
-            "zstandard": zstandard.__version__,
-            "libzstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
-            "registry": tool_version(["docker-registry", "--version"]),
-            "umoci": tool_version(["umoci", "--version"]),
-        },
+        **stamp(
+            zstandard=zstandard.__version__,
+            libzstd=".".join(map(str, zstandard.ZSTD_VERSION)),
+            registry=tool_version(["docker-registry", "--version"]),
+            umoci=tool_version(["umoci", "--version"]),
+        ),
         "image": {
             "debootstrap": f"--variant={VARIANT} --include={','.join(INCLUDE)} {SUITE}",
             "debootstrap_seconds": debootstrap_s,

@@ -55,19 +55,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import hashlib
 import io
 import itertools
 import json
 import mmap
 import os
-import platform
 import random
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -81,9 +78,9 @@ from pathlib import Path
 import trio
 import zstandard
 
-from bench._common import cpu_model, save_results, say
 from bench._common import median as med
 from bench._common import percentile as pct
+from bench._common import save_results, say, stamp
 from lazyfs.control import is_mountpoint
 from lazyfs.convert import ConvertOptions, convert_image
 from lazyfs.formats.zstd_chunked_writer import DEFAULT_CHUNK_SIZE
@@ -838,24 +835,13 @@ def bench(args) -> dict:
         shutil.rmtree(regdir, ignore_errors=True)
         leftover_mounts()
         shutil.rmtree(RUN, ignore_errors=True)
-    now = datetime.datetime.now(datetime.UTC)
     res.update(
         {
-            "date": now.strftime("%Y-%m-%d"),
-            "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "host": socket.gethostname().split(".")[0],
-            "machine": {
-                "cpus": os.cpu_count(),
-                "cpu": cpu_model(),
-                "memory_gib": round(
-                    os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-                ),
-                "kernel": platform.release(),
-                "python": platform.python_version(),
-                "zstandard": zstandard.__version__,
-                "native_fs": _fs_of(CACHE),
-                "registry_storage": _fs_of(regdir.parent),
-            },
+            **stamp(
+                zstandard=zstandard.__version__,
+                native_fs=_fs_of(CACHE),
+                registry_storage=_fs_of(regdir.parent),
+            ),
             "settings": {
                 "runs": args.runs,
                 "million_runs": args.million_runs if args.million else 0,

@@ -63,16 +63,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import datetime
 import io
 import json
 import mmap
 import os
-import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -85,8 +82,8 @@ import trio
 import zstandard
 
 from bench import convert as convert_bench
-from bench._common import cpu_model, save_results, say
 from bench._common import median as med
+from bench._common import save_results, say, stamp
 from lazyfs.convert import ConvertOptions, convert_image
 from lazyfs.formats.zstd_chunked_writer import DEFAULT_CHUNK_SIZE
 from lazyfs.oci import mediatypes
@@ -798,23 +795,14 @@ def bench(args) -> dict:
         shutil.rmtree(regdir, ignore_errors=True)
         _unmount_under(RUN)
         shutil.rmtree(RUN, ignore_errors=True)
-    now = datetime.datetime.now(datetime.UTC)
     res = {
-        "date": now.strftime("%Y-%m-%d"),
-        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "host": socket.gethostname().split(".")[0],
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu": cpu_model(),
-            "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "zstandard": zstandard.__version__,
-            "containerd": tool_version(["containerd", "--version"]),
-            "runc": tool_version(["runc", "--version"]),
-            "local_disk": _fs_of(BENCH / ".cache"),
-            "registry_storage": _fs_of(regdir.parent),
-        },
+        **stamp(
+            zstandard=zstandard.__version__,
+            containerd=tool_version(["containerd", "--version"]),
+            runc=tool_version(["runc", "--version"]),
+            local_disk=_fs_of(BENCH / ".cache"),
+            registry_storage=_fs_of(regdir.parent),
+        ),
         "settings": {
             "runs": args.runs,
             "command": list(COMMAND),

@@ -42,17 +42,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import hashlib
 import io
 import json
 import multiprocessing
 import os
-import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,7 +65,7 @@ import zstandard
 from bench import convert as convert_bench
 from bench import mount as mount_bench
 from bench import run as run_bench
-from bench._common import RESULTS, cpu_model, say
+from bench._common import RESULTS, say, stamp
 from bench._common import median as med
 from bench._common import percentile as pct
 from bench._netem import PROFILES, ShapedNetwork
@@ -611,24 +608,13 @@ def bench(mode: Mode) -> dict:
         run_bench._unmount_under(run_bench.RUN)
         shutil.rmtree(run_bench.RUN, ignore_errors=True)
         shutil.rmtree(mount_bench.RUN, ignore_errors=True)
-    now = datetime.datetime.now(datetime.UTC)
     res.update(
         {
-            "date": now.strftime("%Y-%m-%d"),
-            "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "host": socket.gethostname().split(".")[0],
+            **stamp(
+                containerd=run_bench.tool_version(["containerd", "--version"]),
+                runc=run_bench.tool_version(["runc", "--version"]).split(" (")[0],
+            ),
             "mode": dataclasses.asdict(mode),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "cpu": cpu_model(),
-                "memory_gib": round(
-                    os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-                ),
-                "kernel": platform.release(),
-                "python": platform.python_version(),
-                "containerd": run_bench.tool_version(["containerd", "--version"]),
-                "runc": run_bench.tool_version(["runc", "--version"]).split(" (")[0],
-            },
             "profiles": {n: dataclasses.asdict(PROFILES[n]) for n in mode.profiles},
             "build_s": build_s,
             "load_average": {"start": load_start, "end": os.getloadavg()},
