@@ -523,9 +523,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from .runtime.container import RunSettings, run_container
 
     options = run_options(args)
-    settings = RunSettings(
-        keep=args.keep, stop_timeout=args.stop_timeout, zygote=getattr(args, "zygote", None)
-    )
+    settings = RunSettings(keep=args.keep, stop_timeout=args.stop_timeout, zygote=args.zygote)
     async with make_client(args) as client:
         report = await run_container(
             open_store(args.image, client),
@@ -737,6 +735,7 @@ def _run(args: argparse.Namespace) -> int:
             from .runtime.syscalls import enter_private_mount_namespace
 
             enter_private_mount_namespace()
+        args.zygote = None
         if args.command == "run" and not args.init:
             # The container's init, forked now (one thread, every module loaded) rather
             # than started as a new interpreter later (see runtime/zygote.py). Not with
@@ -745,11 +744,11 @@ def _run(args: argparse.Namespace) -> int:
             from .runtime.zygote import Zygote
 
             args.zygote = Zygote.fork()
-            try:
-                return trio.run(args.func, args)
-            finally:
+        try:
+            return trio.run(args.func, args)
+        finally:
+            if args.zygote is not None:
                 args.zygote.cancel()  # if no container was started: it exits
-        return trio.run(args.func, args)
 
     return _guarded(args, run)
 
