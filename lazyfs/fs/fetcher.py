@@ -76,8 +76,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import takewhile
 
 import trio
 
@@ -596,18 +597,25 @@ class ChunkFetcher:
         chunk_offset, chunk_size = table.file_span(last)
         limit = chunk_offset + chunk_size + self.readahead_bytes
         budget = self.max_request_bytes - sum(c.blob_length for c in own.values())
-        for i in range(last + 1, first + count):
-            chunk_offset, _ = table.file_span(i)
-            if chunk_offset >= limit:
-                break
-            key = _blob_key(src, i)
-            if key is None or key in own or key in self._flights or self.cache.contains(key):
-                continue
-            _, blob_length = table.blob_range(i)
-            budget -= blob_length
-            if budget < 0:
-                break
+        window = takewhile(lambda i: table.file_span(i)[0] < limit, range(last + 1, first + count))
+        for key, i, _ in self._missing(src, window, own, budget):
             own[key] = table.chunk(i)
+
+    def _missing(
+        self, src: LayerSource, indices: Iterable[int], taken: Container[bytes], budget: int
+    ) -> Iterator[tuple[bytes, int, int]]:
+        """``(key, chunk, blob length)`` of the chunks among ``indices`` to fetch: from the
+        blob, not in ``taken`` (read as it goes: the caller may add to it), not in flight, not
+        cached; until their blob bytes would pass ``budget``."""
+        for i in indices:
+            key = _blob_key(src, i)
+            if key is None or key in taken or key in self._flights or self.cache.contains(key):
+                continue
+            _, length = src.table.blob_range(i)
+            budget -= length
+            if budget < 0:
+                return
+            yield key, i, length
 
     # ------------------------------------------------------------------ fetching
 
@@ -817,16 +825,10 @@ class ChunkFetcher:
         table = src.table
         batch: dict[bytes, Chunk] = {}
         batch_bytes = 0
-        budget = max_bytes
         started = False
-        for i in range(first, first + count):
-            key = _blob_key(src, i)
-            if key is None or key in batch or key in self._flights or self.cache.contains(key):
-                continue
-            _, length = table.blob_range(i)
-            budget -= length
-            if budget < 0:
-                break
+        taken: set[bytes] = set()  # in this file's batches (a batch is handed over whole)
+        for key, i, length in self._missing(src, range(first, first + count), taken, max_bytes):
+            taken.add(key)
             if batch and batch_bytes + length > self.max_request_bytes:
                 started |= self._start_read_ahead(layer, batch, needed=True)
                 batch, batch_bytes = {}, 0
