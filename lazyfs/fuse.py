@@ -158,7 +158,7 @@ class LazyOperations(pyfuse3.Operations):
         try:  # a program being executed, or a library, is fetched whole, now
             self.image.opened(inode, executing=bool(flags & FMODE_EXEC))
         except Exception:  # a hint: it must not fail the open (nor stop pyfuse3)
-            log.exception("prefetch of %s on open failed", self.tree.path(inode))
+            log.exception("prefetch on open of inode %d failed", inode)  # no path: may fail
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
     async def read(self, fh, off, size):
