@@ -198,7 +198,8 @@ async def _tune_readahead(mountpoint: Path) -> None:
     """Raise the read-ahead once the kernel has set its own from our reply to FUSE_INIT.
 
     A stat of the mount point (from a thread: this process serves it) returns only after
-    that reply, so a value written then is not overwritten.
+    that reply, so a value written then is not overwritten. Await it, with the FUSE loop
+    running, before saying the mount is ready: readers get 1 MiB requests from the start.
     """
     await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     _raise_readahead(mountpoint)
@@ -244,7 +245,7 @@ async def mount_image(
 
             await nursery.start(image.fetcher.run)
             nursery.start_soon(serve)
-            nursery.start_soon(_tune_readahead, mountpoint)
+            await _tune_readahead(mountpoint)
             if image.options.prefetch:
                 nursery.start_soon(
                     lambda: image.fetcher.prefetch(everything=image.options.prefetch_all)

@@ -355,7 +355,7 @@ class LayerDaemon:
                     nursery.start_soon(fuse_main)
                     nursery.start_soon(until_stopped)
                     nursery.start_soon(until_signal)
-                    nursery.start_soon(_tune_readahead, self.mountpoint)
+                    await _tune_readahead(self.mountpoint)
                     await nursery.start(serve_control, self.mountpoint, self.handlers)
                     pid_path(self.options.root).write_text(f"{os.getpid()}\n")
                     log.info("serving layers at %s (pid %d)", self.mountpoint, os.getpid())
