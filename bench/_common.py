@@ -11,7 +11,15 @@ import statistics
 import sys
 from pathlib import Path
 
-__all__ = ["RESULTS", "cpu_model", "median", "percentile", "save_results", "say", "stamp"]
+__all__ = [
+    "RESULTS",
+    "cpu_model",
+    "median",
+    "percentile",
+    "save_results",
+    "say",
+    "stamp",
+]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -18,7 +18,7 @@
    of the root filesystem on an ext4 loop device with read-ahead off), and what they are
    as stored in the converted layer (their chunks' frames): the least a lazy reader that
    fetches whole files, or only the chunks read, would move;
-4. ``--runs`` times, the three measurements taking turns (the order rotates from run to
+4. ``--runs`` times, the four measurements taking turns (the order rotates from run to
    run), each from empty caches and after ``sync; echo 3 > /proc/sys/vm/drop_caches``:
 
    * **lazyfs, zstd:chunked**: ``python -m lazyfs run --verbose --cache-dir DIR --network
@@ -29,6 +29,12 @@
      the bytes fetched from the registry; those bytes are the whole run's, which for
      ``print(1)`` ends right after the output: an upper bound of what was fetched before
      the first output;
+   * **lazyfs via a service**: the same command with ``LAZYFS_SERVICE`` naming the socket
+     of a ``lazyfs service`` the bench started before the runs (and does not count, like
+     containerd's start): the ``lazyfs`` client hands the command to it and a worker forked
+     from it (every module already imported) runs it on the client's stdio. The service's
+     log must show the run, or the sample fails. The other lazyfs sides run with
+     ``LAZYFS_SERVICE=off``;
    * **lazyfs, gzip**: the same command on the gzip image, which lazyfs cannot read lazily
      (it streams the whole layer first): the cost of not converting;
    * **containerd**: a containerd 1.6 (the Debian package, with runc) started by the bench
@@ -94,6 +100,7 @@ from lazyfs.oci.store import open_store
 from lazyfs.progress import NullProgress
 from tests.harness.containerd import ContainerdServer, CtrError
 from tests.harness.registry import RegistryServer
+from tests.harness.service import LazyfsService
 
 BENCH = Path(__file__).resolve().parent
 RUN = BENCH / ".cache" / "run-run"
@@ -111,11 +118,19 @@ TARGET_SHARE = 0.05
 CHUNK_SIZES = (64 * 1024, 128 * 1024, 256 * 1024, 512 * 1024, 1024 * 1024)
 
 #: The measured sides, in the order of the first run (later runs rotate it).
-SIDES = ("lazyfs-zstd-chunked", "containerd", "lazyfs-gzip")
+SIDES = ("lazyfs-zstd-chunked", "containerd", "lazyfs-service", "lazyfs-gzip")
+#: The sides that are ``lazyfs run`` (the others: containerd).
+LAZYFS_SIDES = ("lazyfs-zstd-chunked", "lazyfs-service", "lazyfs-gzip")
 LABELS = {
     "lazyfs-zstd-chunked": "`lazyfs run`, zstd:chunked image",
+    "lazyfs-service": "`lazyfs run` via a running `lazyfs service`, zstd:chunked image",
     "lazyfs-gzip": "`lazyfs run`, gzip image",
     "containerd": "containerd: `ctr image pull` + `ctr run` (gzip image)",
+}
+BREAKDOWN_LABELS = {
+    "lazyfs-zstd-chunked": "zstd-chunked",
+    "lazyfs-service": "zstd-chunked, via the service",
+    "lazyfs-gzip": "gzip",
 }
 #: The phases ``lazyfs run --verbose`` prints, in order.
 PHASES = ("resolve", "index", "merge", "mount", "exec", "run", "total")
@@ -594,21 +609,29 @@ def lazyfs_once(
     expected: str = EXPECTED_OUTPUT,
     *,
     warm: bool = False,
+    service: LazyfsService | None = None,
 ) -> dict:
     """One cold ``lazyfs run`` of ``command``: new cache and state directories, caches dropped.
 
     ``warm``: then run it again with the same cache directory, nothing dropped (the
-    result's ``"warm"``: the same keys, for a start whose caches are full).
+    result's ``"warm"``: the same keys, for a start whose caches are full). ``service``:
+    through that running ``lazyfs service`` (checked in its log); else with none
+    (``LAZYFS_SERVICE=off``, whatever runs on the machine).
     """
     cache_dir, tmp = _next("cache"), _next("tmp")
     tmp.mkdir(parents=True)
     argv = [*LAZYFS, "run", "--verbose", "--cache-dir", str(cache_dir), "--network", "host"]
     argv += [ref, *command]
-    env = {**os.environ, "TMPDIR": str(tmp)}
+    env = {**os.environ, "TMPDIR": str(tmp), "LAZYFS_SERVICE": "off"}
+    if service is not None:
+        env.update(service.env())
 
     def once() -> dict:
+        served = service.served() if service is not None else 0
         result = timed(argv, env=env)
         _check_output(result, "lazyfs run", expected)
+        if service is not None and service.served() != served + 1:
+            raise RuntimeError(f"lazyfs run did not go through the service (see {service.log})")
         return {
             "first_output": result.first_output,
             "wall": result.wall,
@@ -766,11 +789,16 @@ def bench(args) -> dict:
     say(f"starting a registry with its storage in {regdir}")
     server = RegistryServer(regdir, log_level="warn").start()
     samples: dict[str, list[dict]] = {side: [] for side in SIDES}
+    service = None
     try:
+        if args.service:
+            # Started once, before anything is timed, like containerd (and not counted).
+            service = LazyfsService(LAZYFS, RUN / "service").start()
         images = trio.run(publish, server.host)
         refs = {
             "lazyfs-zstd-chunked": images.chunked_ref,
             "lazyfs-gzip": images.gzip_ref,
+            "lazyfs-service": images.chunked_ref,
             "containerd": images.gzip_ref,
         }
         startup = {
@@ -782,15 +810,21 @@ def bench(args) -> dict:
             for side in order:
                 if side == "lazyfs-gzip" and not args.gzip:
                     continue
+                if side == "lazyfs-service" and service is None:
+                    continue
                 say(f"run {r + 1}/{args.runs}: {LABELS[side]}")
                 if side == "containerd":
                     sample = containerd_once(refs[side])
                 else:
-                    sample = lazyfs_once(refs[side])
+                    sample = lazyfs_once(
+                        refs[side], service=service if side == "lazyfs-service" else None
+                    )
                 sample["order"] = order.index(side)
                 samples[side].append(sample)
                 say(f"... first output {sample['first_output']:.2f} s, exit {sample['wall']:.2f} s")
     finally:
+        if service is not None:
+            service.stop()
         server.stop()
         shutil.rmtree(regdir, ignore_errors=True)
         _unmount_under(RUN)
@@ -808,6 +842,7 @@ def bench(args) -> dict:
             "command": list(COMMAND),
             "chunk_size": DEFAULT_CHUNK_SIZE,
             "gzip": args.gzip,
+            "service": args.service,
         },
         "images": asdict(images),
         "startup": startup,
@@ -859,6 +894,13 @@ def summarise(res: dict) -> dict:
         )
     ]
     out["paired_ratios"] = paired
+    if "lazyfs-service" in res["samples"]:
+        out["paired_ratios_service"] = [
+            a["first_output"] / b["first_output"]
+            for a, b in zip(
+                res["samples"]["lazyfs-service"], res["samples"]["containerd"], strict=True
+            )
+        ]
     out["targets"] = {
         "ratio": {
             "label": f"`lazyfs run` from empty caches <= {TARGET_RATIO:.2f}x containerd's pull + "
@@ -869,6 +911,21 @@ def summarise(res: dict) -> dict:
             + ", ".join(f"{x:.3f}" for x in paired)
             + ")",
         },
+        **(
+            {
+                "ratio_service": {
+                    "label": f"the same with a running `lazyfs service` (its start not counted, "
+                    f"like containerd's) <= {TARGET_RATIO:.2f}x",
+                    "pass": out["sides"]["lazyfs-service"]["ratio_first_output"] <= TARGET_RATIO,
+                    "shown": f"{out['sides']['lazyfs-service']['ratio_first_output']:.3f}x "
+                    f"({out['sides']['lazyfs-service']['first_output']:.2f} s; run by run: "
+                    + ", ".join(f"{x:.3f}" for x in out["paired_ratios_service"])
+                    + ")",
+                }
+            }
+            if "lazyfs-service" in out["sides"]
+            else {}
+        ),
         "share": {
             "label": f"fetches <= {TARGET_SHARE:.0%} of the image's compressed bytes before the "
             "first output",
@@ -1012,13 +1069,13 @@ def render(res: dict) -> str:
         "of which after the output |"
     )
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for side in ("lazyfs-zstd-chunked", "lazyfs-gzip"):
+    for side in LAZYFS_SIDES:
         if side not in s["sides"]:
             continue
         r = s["sides"][side]
         cells = " | ".join(ms(r[p]) for p in PHASES)
         w(
-            f"| {side.removeprefix('lazyfs-')} | {cells} | {ms(r['other'])} | "
+            f"| {BREAKDOWN_LABELS[side]} | {cells} | {ms(r['other'])} | "
             f"{ms(r['outside'])} | {ms(r['wall'])} | {ms(r['after_output'])} |"
         )
     w()
@@ -1032,8 +1089,10 @@ def render(res: dict) -> str:
         "imports and set-up before resolving, the teardown after the command). The wall time "
         "outside *total* is the Python interpreter's start and the CLI's imports before it, "
         f"and the exit (`python -m lazyfs --version` alone: {s['startup']['cold']:.2f} s cold, "
-        f"after dropping the page cache, {s['startup']['warm']:.2f} s warm). *After the "
-        "output*: from the line `1` to lazyfs's exit (the command's exit, the teardown)."
+        f"after dropping the page cache, {s['startup']['warm']:.2f} s warm); via the service, "
+        "the client's start (a Python that imports only the standard library), handing the "
+        "command over and the worker's fork. *After the output*: from the line `1` to "
+        "lazyfs's exit (the command's exit, the teardown)."
     )
     w()
     w("## Breakdown: containerd (s)")
@@ -1071,6 +1130,12 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also run lazyfs on the gzip image (default: yes)",
+    )
+    parser.add_argument(
+        "--service",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run lazyfs through a running `lazyfs service` (default: yes)",
     )
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args(argv)

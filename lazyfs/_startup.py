@@ -20,7 +20,9 @@ read-ahead costs about 2 ms.
 ``lazyfs run``, ``mount`` and ``bundle`` also skip the interpreter's teardown once their
 work is done (:func:`_exit_now`).
 
-:func:`main` is the ``lazyfs`` command's entry point.
+:func:`main` is the ``lazyfs`` command's entry point. Before any of this it offers the
+command to a running ``lazyfs service`` (:mod:`lazyfs._delegate`), which has everything
+imported already; only if none takes it does this process go on.
 
 Only the standard library is imported here, and nothing here may fail the command: a
 missing, unreadable or stale list, or a directory lazyfs cannot write, only means no
@@ -33,6 +35,8 @@ import os
 import stat
 import sys
 import threading
+
+from . import _delegate
 
 __all__ = ["command_of", "list_path", "main", "read_ahead", "record", "startup_files", "wait"]
 
@@ -70,6 +74,10 @@ def list_path(command: str) -> str:
 def main() -> int:
     """The ``lazyfs`` command: read its files ahead, then import and run the CLI."""
     command = command_of(sys.argv)
+    if command in _delegate.COMMANDS:
+        code = _delegate.delegate(sys.argv, command)
+        if code is not None:  # a lazyfs service ran it
+            _exit_now(code)
     read_ahead(list_path(command))
     try:
         from .cli import main as cli_main  # the imports the threads are reading ahead for

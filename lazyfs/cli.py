@@ -687,6 +687,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_layerd(sub)
     add_snapshotter(sub)
 
+    p = sub.add_parser(
+        "service",
+        help="run lazyfs commands for their callers, without Python's start-up cost each time",
+        description="Import lazyfs once and run the run, mount, bundle, umount and stats "
+        "commands of callers of this user in these namespaces, on their terminal and files "
+        "(the lazyfs command hands them over when the socket answers; LAZYFS_SERVICE=off "
+        "stops that). Runs in the foreground until SIGINT or SIGTERM.",
+    )
+    p.add_argument(
+        "--socket",
+        type=Path,
+        metavar="PATH",
+        help="where to listen (default: $LAZYFS_SERVICE, else service.sock in /run/lazyfs "
+        "for root, $XDG_RUNTIME_DIR/lazyfs otherwise)",
+    )
+    p.set_defaults(func=None)
+
     p = sub.add_parser("umount", help="unmount a lazyfs mount (also one whose daemon died)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     p.set_defaults(func=cmd_umount)
@@ -711,11 +728,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    if args.command == "service":
+        return _guarded(args, lambda: _serve(args))
     if getattr(args, "daemon", False):
         return _guarded(args, lambda: _daemonize(args))
     code = _run(args)
     _remember_startup(args)
     return code
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import _delegate
+    from .service import serve
+
+    path = args.socket or _delegate.service_socket()
+    if path is None:
+        raise LazyfsError("LAZYFS_SERVICE says off: give the socket with --socket PATH")
+    return serve(Path(path))
 
 
 def _remember_startup(args: argparse.Namespace) -> None:

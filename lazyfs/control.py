@@ -20,6 +20,7 @@ from pathlib import Path
 
 import trio
 
+from . import _delegate
 from .errors import LazyfsError
 
 __all__ = ["control_socket_path", "is_mountpoint", "mount_device", "request", "serve_control"]
@@ -37,10 +38,7 @@ Handler = Callable[[], dict] | Callable[[dict], Awaitable[dict]]
 
 def runtime_dir() -> Path:
     """``/run/lazyfs`` for root, ``$XDG_RUNTIME_DIR/lazyfs`` (or a /tmp dir) otherwise."""
-    if os.geteuid() == 0:
-        return Path("/run/lazyfs")
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/lazyfs-{os.getuid()}"
-    return Path(base) / "lazyfs"
+    return Path(_delegate.runtime_dir())
 
 
 def control_socket_path(mountpoint: str | os.PathLike[str]) -> Path:

@@ -36,6 +36,10 @@ from tests.harness.faultproxy import FaultProxy
 from tests.harness.registry import DEFAULT_BINARY, RegistryServer
 from tests.harness.tokenissuer import TokenIssuer
 
+# The lazyfs commands the tests start run in their own process, even on a machine where a
+# `lazyfs service` listens on the default socket; tests/test_service.py starts its own.
+os.environ["LAZYFS_SERVICE"] = "off"
+
 TLS_USERS = {"alice": "wonderland"}
 TOKEN_USERS = {"bob": "builder"}
 

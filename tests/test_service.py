@@ -1,0 +1,376 @@
+"""``lazyfs service``: commands handed over by the ``lazyfs`` client, run by forked workers.
+
+Every test starts its own service on a socket of its own and checks in the service's log
+that the commands it expects to be served were (the client falls back to running a
+command itself without a word, so a test that only looked at the output could pass with no
+service at all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazyfs import _delegate
+from tests import test_run
+from tests.harness.service import LazyfsService
+from tests.test_run import _processes_with, _run_argv, _wait_for_line
+
+# test_run's fixtures: the images, and the state checked for leftovers after each test.
+state = test_run.state
+busybox = test_run.busybox
+busybox_chunked = test_run.busybox_chunked
+
+LAZYFS = [sys.executable, "-m", "lazyfs"]
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[LazyfsService]:
+    started = LazyfsService(LAZYFS, tmp_path / "service").start()
+    try:
+        yield started
+    finally:
+        code = started.stop()
+        assert not started.socket.exists(), "the service left its socket behind"
+        assert code == 0, started.text()
+
+
+def _env(state: dict, service: LazyfsService) -> dict:
+    return {**os.environ, "TMPDIR": str(state["tmpdir"]), **service.env()}
+
+
+def _run(state, service, image, *args, options=(), **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run(
+        _run_argv(state, image, args, options),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(state, service),
+        **kwargs,
+    )
+
+
+def _start(state, service, image, *args, options=()) -> subprocess.Popen:
+    return subprocess.Popen(
+        _run_argv(state, image, args, options),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(state, service),
+    )
+
+
+def _worker_ended(service: LazyfsService, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        started = service.text().count("(worker ")
+        if started and service.text().count("ended:") >= started:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"a worker is still running: {service.text()}")
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+def test_run_is_served_with_the_callers_stdio_env_and_exit_status(state, service, busybox):
+    # The environment, the stdio and the status are the client's, not the service's: FOO is
+    # only in the client's environment, and -e FOO takes it from there.
+    env = _env(state, service) | {"FOO": "from the client"}
+    process = subprocess.Popen(
+        _run_argv(
+            state,
+            busybox,
+            ("sh", "-c", 'echo "out $FOO"; echo err >&2; exit 7'),
+            ("-e", "FOO"),
+        ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 7, err
+    assert out == "out from the client\n"
+    assert "err\n" in err
+    assert service.served_pid(process.pid), service.text()
+
+
+def test_the_working_directory_of_a_relative_volume_is_the_callers(
+    state, service, busybox, tmp_path
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    result = _run(
+        state,
+        service,
+        busybox,
+        "sh",
+        "-c",
+        "echo written > /data/f",
+        options=("-v", "./data:/data"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (data / "f").read_text() == "written\n"
+    assert service.served() == 1, service.text()
+
+
+def test_stdin_is_the_callers(state, service, busybox):
+    result = _run(state, service, busybox, "cat", options=("-i",), stdin=None, input="hello\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello\n"
+    assert service.served() == 1
+
+
+def test_errors_and_usage_are_reported_like_lazyfs_itself(state, service, busybox):
+    result = _run(state, service, "127.0.0.1:1/nothing/here:v1", "true")
+    assert result.returncode == 1
+    assert result.stderr.startswith("lazyfs: error: "), result.stderr
+    result = _run(state, service, busybox, "true", options=("--no-such-option",))
+    assert result.returncode == 2
+    assert "unrecognized arguments: --no-such-option" in result.stderr
+    assert service.served() == 2, service.text()
+
+
+def test_tty_interactive_shell_through_the_service(state, service, busybox):
+    pid, fd = pty.fork()
+    if pid == 0:  # lazyfs on a terminal, as a user's shell would start it
+        os.environ.update(_env(state, service))
+        os.execv(LAZYFS[0], _run_argv(state, busybox, ("sh",), ("-it",)))
+    output = b""
+
+    def read_until(marker: bytes, timeout: float = 30) -> None:
+        nonlocal output
+        deadline = time.monotonic() + timeout
+        while marker not in output and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    output += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert marker in output, output.decode(errors="replace")
+
+    try:
+        read_until(b"# ")
+        os.write(fd, b"tty; echo $((6 * 7))\r")
+        read_until(b"42")
+        assert b"/dev/pts/" in output or b"/dev/console" in output
+        os.write(fd, b"exit 3\r")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 3
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+    assert service.served_pid(pid), service.text()
+
+
+# ---------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_to_the_client_reach_the_container(state, service, busybox, signum, code):
+    trap = f"trap 'exit {code}' {signal.Signals(signum).name[3:]}; echo ready; "
+    process = _start(state, service, busybox, "sh", "-c", trap + "while :; do sleep 0.05; done")
+    try:
+        _wait_for_line(process, "ready")
+        process.send_signal(signum)
+        assert process.wait(timeout=15) == code
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert service.served_pid(process.pid)
+    _worker_ended(service)  # the state fixture then checks mounts, TMPDIR and cgroups
+
+
+def test_a_killed_client_takes_its_container_down(state, service, busybox):
+    marker = f"lazyfs-service-orphan-{uuid.uuid4().hex[:8]}"
+    script = f"echo ready; sleep 600; echo {marker}"
+    pid_1 = f"sh\0-c\0{script}\0"
+    process = _start(state, service, busybox, "sh", "-c", script)
+    try:
+        _wait_for_line(process, "ready")
+        assert _processes_with(pid_1, exact=True), "the container is not running"
+        process.kill()
+        process.wait(timeout=10)
+        _worker_ended(service)
+        assert _processes_with(pid_1, exact=True) == [], "the container outlived its client"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert f"pid {process.pid} went away: SIGHUP" in service.text()
+
+
+def test_stopping_the_service_lets_running_commands_finish(state, service, busybox):
+    process = _start(state, service, busybox, "sh", "-c", "echo ready; sleep 1; echo done")
+    try:
+        _wait_for_line(process, "ready")
+        service.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while service.socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not service.socket.exists(), "the socket is still there"
+        # A new command now runs in its caller.
+        result = _run(state, service, busybox, "echo", "alone")
+        assert (result.returncode, result.stdout) == (0, "alone\n"), result.stderr
+        out, err = process.communicate(timeout=30)
+        assert (process.returncode, out) == (0, "done\n"), err
+        assert service.proc.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert service.served() == 1, service.text()
+
+
+# ---------------------------------------------------------------------------- mounts
+
+
+def test_mount_stats_and_umount_through_the_service(service, busybox_chunked, tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = {**os.environ, **service.env()}
+
+    def lazyfs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*LAZYFS, *args], capture_output=True, text=True, timeout=60, env=env)
+
+    cache = str(tmp_path / "cache")
+    result = lazyfs("mount", "--daemon", "--cache-dir", cache, busybox_chunked, str(mountpoint))
+    try:
+        assert result.returncode == 0, result.stderr
+        assert (mountpoint / "etc" / "motd").read_text() == "welcome to the image\n"
+        stats = lazyfs("stats", "--json", str(mountpoint))
+        assert stats.returncode == 0, stats.stderr
+        assert json.loads(stats.stdout)["image"] == busybox_chunked
+    finally:
+        result = lazyfs("umount", str(mountpoint))
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(mountpoint) == []
+    assert service.served() == 3, service.text()
+
+
+# ---------------------------------------------------------------------------- who is served
+
+
+def test_a_caller_in_another_mount_namespace_runs_its_command_itself(state, service, busybox):
+    argv = ["unshare", "--mount", "--propagation", "private", "--"]
+    argv += _run_argv(state, busybox, ("echo", "hello"), ())
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env=_env(state, service)
+    )
+    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+    assert "runs its command itself: another mnt namespace" in service.text()
+    assert service.served() == 0
+
+
+def test_a_caller_of_another_user_is_declined():
+    # The socket is 0600 in a 0700 directory; opened up here, the service still checks the
+    # caller's uid (SO_PEERCRED) before it starts anything. (In /run: pytest's directories,
+    # and /tmp on some machines, are closed to other users.)
+    directory = Path(tempfile.mkdtemp(prefix="lazyfs-test-service-", dir="/run"))
+    service = LazyfsService(LAZYFS, directory).start()
+    try:
+        _declined_for_nobody(service)
+    finally:
+        assert service.stop() == 0, service.text()
+        shutil.rmtree(directory)
+
+
+def _declined_for_nobody(service: LazyfsService) -> None:
+    os.chmod(service.socket.parent, 0o755)
+    os.chmod(service.socket, 0o666)
+    script = textwrap.dedent(
+        f"""
+        import json, os, socket
+        os.setgid(65534); os.setuid(65534)  # (the modules first: Python's own may be closed)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect({str(service.socket)!r})
+        request = {{"argv": ["lazyfs", "stats", "/"], "env": {{}}, "cwd": "/", "umask": 18}}
+        socket.send_fds(s, [json.dumps(request).encode()], [0, 1, 2])
+        print(s.recv(65536).decode())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer == {"local": f"the service serves uid {os.geteuid()} only"}
+    assert service.served() == 0
+
+
+def test_malformed_requests_are_declined_and_the_service_goes_on(service, state, busybox):
+    for payload, fds in [
+        (b"not json", [0, 1, 2]),
+        (b'{"argv": "lazyfs run"}', [0, 1, 2]),
+        (
+            json.dumps(
+                {"argv": ["lazyfs", "convert", "a", "b"], "env": {}, "cwd": "/", "umask": 18}
+            ).encode(),
+            [0, 1, 2],
+        ),
+        (
+            json.dumps(
+                {"argv": ["lazyfs", "stats", "/"], "env": {}, "cwd": "/", "umask": 18}
+            ).encode(),
+            [0],
+        ),
+    ]:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(str(service.socket))
+        socket.send_fds(s, [payload], fds)
+        answer = json.loads(s.recv(65536))
+        s.close()
+        assert "local" in answer, answer
+    # A client that connects and goes away without a word.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(str(service.socket))
+    s.close()
+    result = _run(state, service, busybox, "echo", "still served")
+    assert (result.returncode, result.stdout) == (0, "still served\n"), result.stderr
+    assert service.served() == 1, service.text()
+
+
+def test_the_client_runs_the_command_itself_without_a_service(tmp_path):
+    env = {**os.environ, "LAZYFS_SERVICE": str(tmp_path / "nobody-listens.sock")}
+    result = subprocess.run(
+        [*LAZYFS, "stats", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"lazyfs: error: no lazyfs daemon serves {tmp_path}\n"
+
+
+def test_the_socket_path_and_the_off_switch(monkeypatch):
+    monkeypatch.setenv("LAZYFS_SERVICE", "/some/where.sock")
+    assert _delegate.service_socket() == "/some/where.sock"
+    for off in ("", "off", "0", "no", "OFF"):
+        monkeypatch.setenv("LAZYFS_SERVICE", off)
+        assert _delegate.service_socket() is None
+    monkeypatch.delenv("LAZYFS_SERVICE")
+    assert _delegate.service_socket() == os.path.join(_delegate.runtime_dir(), "service.sock")
+    assert _delegate.delegate(["lazyfs", "convert", "a", "b"], "convert") is None
