@@ -348,6 +348,24 @@ def test_verbose_prints_phases_and_bytes(state, busybox_chunked):
     assert re.search(r"fetched\s+[\d.]+ MB of [\d.]+ MB", result.stderr)
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_the_program_is_prefetched_while_the_container_is_set_up(state, busybox_chunked, prefetch):
+    # (lazyfs.fs.programs, tested on its own in test_programs.py: here, that run uses it.)
+    argv = _run_argv(state, busybox_chunked, ("echo", "hi"), () if prefetch else ("--no-prefetch",))
+    argv.insert(argv.index("run"), "--debug")
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_run_env(state),
+        stdin=subprocess.DEVNULL,
+    )
+    assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
+    line = "lazyfs: prefetched echo: bin/busybox\n"  # /bin/echo -> busybox, static: no more
+    assert (line in result.stderr) == prefetch, result.stderr
+
+
 # ---------------------------------------------------------------------------- signals
 
 

@@ -80,6 +80,13 @@ class LazyImage:
         if self.options.prefetch:
             prefetch_if_mapped(self.tree, self.fetcher, ino, executing=executing)
 
+    def prefetch_whole(self, ino: int) -> bool:
+        """Start fetching regular file ``ino`` whole in the background (see
+        :meth:`ChunkFetcher.prefetch_file`); whether anything was started. Needs the mount
+        (the fetcher running)."""
+        content = self.tree.content(ino)
+        return content is not None and self.fetcher.prefetch_file(*content)
+
     def stats(self) -> dict:
         """What a mount reports to ``lazyfs stats``."""
         return {

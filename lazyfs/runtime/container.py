@@ -6,7 +6,9 @@ The steps, each timed (``--verbose`` prints them):
 2. **mount**: the image's merged tree over FUSE at ``STATE/lower``, served by this very
    process, and a writable overlayfs at ``STATE/rootfs`` (``upperdir``/``workdir`` in the
    same temporary state directory). Everything the container writes lands in the upper
-   directory; the image and the chunk cache never see it;
+   directory; the image and the chunk cache never see it. Meanwhile the command's program,
+   its ELF interpreter and its libraries start coming from the registry
+   (:mod:`lazyfs.fs.programs`), while the container is still being set up;
 3. **exec**: the init program (:mod:`lazyfs.runtime.init`, a separate small Python process)
    joins the cgroups, enters new namespaces, sets the root filesystem up, pivots into it,
    drops privileges and execs the command, which is PID 1 of its PID namespace;
@@ -45,6 +47,7 @@ import lazyfs
 from ..control import is_mountpoint
 from ..errors import LazyfsError
 from ..fs.image import LazyImage, MountOptions, open_image
+from ..fs.programs import prefetch_program
 from ..fuse import mount_image
 from ..oci.registry import RegistryClient
 from ..oci.store import ImageStore
@@ -52,6 +55,7 @@ from . import terminal
 from .cgroups import Cgroup
 from .config import (
     DEFAULT_CAPABILITIES,
+    DEFAULT_PATH,
     ResolvedUser,
     RunOptions,
     Volume,
@@ -192,6 +196,24 @@ class _Container:
         env = apply_user_env(spec.env, user)
         self.process_spec = spec
         return user, env
+
+    async def prefetch_program(self) -> None:
+        """Start fetching the command's program and the libraries it loads, while the
+        container is set up (see :mod:`lazyfs.fs.programs`). Only a hint: never fails."""
+        try:
+            spec = process_spec(self.image.image.config, self.options, hostname=self.hostname)
+        except (LazyfsError, OSError):
+            return  # reported when the container is set up
+        search = next((e[5:] for e in spec.env if e.startswith("PATH=")), DEFAULT_PATH)
+        image = self.image
+        try:
+            started = await prefetch_program(
+                image.tree, image.read, image.prefetch_whole, spec.args[0], search, cwd=spec.cwd
+            )
+        except Exception as exc:  # a bug here must not cost the run
+            log.warning("prefetching %s failed: %r", spec.args[0], exc)
+            return
+        log.debug("prefetched %s: %s", spec.args[0], ", ".join(image.tree.path(i) for i in started))
 
     def init_spec(
         self, user: ResolvedUser, env: list[str], volumes: list[Volume], cgroup: Cgroup | None
@@ -355,6 +377,8 @@ async def run_container(
                 ready = trio.Event()
                 nursery.start_soon(lambda: mount_image(image, container.lower, ready=ready))
                 await ready.wait()
+                if mount_options.prefetch:
+                    nursery.start_soon(container.prefetch_program)
                 try:
                     user, env = await trio.to_thread.run_sync(container.prepare_rootfs)
                     timings["mount"] = time.monotonic() - mark
