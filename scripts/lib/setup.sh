@@ -6,7 +6,7 @@ VENV="$LAZYFS_ROOT/.venv"
 
 # Debian packages the project needs: FUSE and its headers (pyfuse3 builds against them),
 # the CNCF distribution registry, and the peer tools the tests use as oracles.
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv tar docker-registry skopeo umoci
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc binutils python3-dev python3-venv tar docker-registry skopeo umoci
     containerd runc crun runsc busybox-static stargz-snapshotter)
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -48,7 +48,8 @@ ensure_venv() {
         "$py" -m venv "$VENV"
     fi
     local hash have
-    hash=$(sha256sum "$LAZYFS_ROOT/pyproject.toml" | cut -d' ' -f1)
+    # (+compat: venvs installed before the editable mode below changed get reinstalled)
+    hash="$(sha256sum "$LAZYFS_ROOT/pyproject.toml" | cut -d' ' -f1)+compat"
     want="$hash extras=$extras"
     stamp="$VENV/.lazyfs-installed"
     have=$(cat "$stamp" 2>/dev/null || true)
@@ -63,7 +64,13 @@ ensure_venv() {
     if true; then
         say "installing lazyfs${extras:+[$extras]} into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$VENV/bin/python" -m pip install -q -e "$LAZYFS_ROOT${extras:+[$extras]}"
+        # The "compat" editable mode puts the repository on sys.path with a plain .pth line;
+        # the default mode imports a finder module (pathlib, re, urllib...) at every Python
+        # start in the venv: 15-20 ms of every lazyfs command, more with a cold page cache.
+        # setuptools calls the mode transitional, so fall back to the default if it goes.
+        "$VENV/bin/python" -m pip install -q -e "$LAZYFS_ROOT${extras:+[$extras]}" \
+            --config-settings editable_mode=compat 2>/dev/null ||
+            "$VENV/bin/python" -m pip install -q -e "$LAZYFS_ROOT${extras:+[$extras]}"
         echo "$want" >"$stamp"
     fi
 }
