@@ -891,3 +891,22 @@ def test_reads_complete_while_prefetch_is_running(registry, layer: Layer, fault_
             )
 
     trio.run(main)
+
+
+def test_response_buffers_are_kept_for_big_requests_only():
+    from lazyfs.fs.fetcher import _Buffers
+
+    pool = _Buffers(1024, keep=1)
+    small = pool.take(100)
+    assert len(small) == 100  # exact: not worth zeroing a whole buffer for
+    pool.give(small)
+    assert len(pool.take(100)) == 100  # not kept
+    big = pool.take(600)
+    assert len(big) == 1024
+    pool.give(big)
+    assert pool.take(10) is big  # a spare one serves any request that fits
+    assert len(pool.take(5000)) == 5000
+    pool.give(big)
+    pool.give(bytearray(1024))  # over keep: dropped
+    assert pool.take(900) is big
+    assert pool.take(900) is not big
