@@ -86,6 +86,7 @@ from tests.harness.containerd_lazyfs import (
     write_hosts_toml,
 )
 from tests.harness.registry import RegistryServer
+from tests.harness.service import LazyfsService
 
 BENCH = Path(__file__).resolve().parent
 CACHE = BENCH / ".cache"
@@ -120,7 +121,7 @@ SPECS = {
             (),
             ("sh",),
             ("sh",),
-            ("lazyfs", "lazyfs-gzip", "containerd", "snapshotter"),
+            ("lazyfs", "lazyfs-gzip", "containerd", "snapshotter", "lazyfs-service"),
         ),
         Spec(
             "python",
@@ -128,7 +129,14 @@ SPECS = {
             ("python3",),
             ("python3",),
             ("python3", "sh"),
-            ("lazyfs", "lazyfs-gzip", "containerd", "containerd-zstd", "snapshotter"),
+            (
+                "lazyfs",
+                "lazyfs-gzip",
+                "containerd",
+                "containerd-zstd",
+                "snapshotter",
+                "lazyfs-service",
+            ),
         ),
         Spec(
             "big",
@@ -136,7 +144,7 @@ SPECS = {
             ("python3", "build-essential", "golang-1.19-go", "clang", "gfortran"),
             ("python3",),
             ("python3",),
-            ("lazyfs", "containerd", "snapshotter"),
+            ("lazyfs", "containerd", "snapshotter", "lazyfs-service"),
         ),
     )
 }
@@ -149,6 +157,7 @@ SIDE_LABELS = {
     "containerd": "containerd pull + run, gzip",
     "containerd-zstd": "containerd pull + run, zstd",
     "snapshotter": "containerd + lazyfs snapshotter",
+    "lazyfs-service": "`lazyfs run` via a running `lazyfs service`, converted",
 }
 SHORT_LABELS = {
     "lazyfs": "lazyfs",
@@ -156,6 +165,7 @@ SHORT_LABELS = {
     "containerd": "ctrd gzip",
     "containerd-zstd": "ctrd zstd",
     "snapshotter": "ctrd+lazyfs",
+    "lazyfs-service": "lazyfs svc",
 }
 #: Chart phases (stacked bottom to top), as in the usual pull/create/run charts.
 PHASES = ("fetch", "unpack / index", "create / mount", "run", "start, teardown")
@@ -406,9 +416,14 @@ def snapshotter_once(host: str, ref: str, argv: tuple, expected: str, *, warm: b
             shutil.rmtree(runc_root, ignore_errors=True)
 
 
-def _cold_start(side: str, host: str, refs: dict, argv: tuple, expected: str) -> dict:
+def _cold_start(
+    side: str, host: str, refs: dict, argv: tuple, expected: str, service: LazyfsService
+) -> dict:
     if side == "snapshotter":
         return snapshotter_once(host, _on(host, refs["converted"]), argv, expected, warm=True)
+    if side == "lazyfs-service":
+        ref = _on(host, refs["converted"])
+        return run_bench.lazyfs_once(ref, argv, expected, warm=True, service=service)
     if side.startswith("lazyfs"):
         ref = refs["converted" if side == "lazyfs" else "gzip"]
         return run_bench.lazyfs_once(_on(host, ref), argv, expected, warm=True)
@@ -424,6 +439,24 @@ def cold_starts(
     A sample that fails is left out and its error appended to ``errors``."""
     errors = [] if errors is None else errors
     samples: dict = {}
+    # Started before anything is timed, like containerd (and not counted).
+    service = LazyfsService(run_bench.LAZYFS, run_bench._next("service")).start()
+    try:
+        _cold_start_runs(host, images, mode, profile, errors, samples, service)
+    finally:
+        service.stop()
+    return samples
+
+
+def _cold_start_runs(
+    host: str,
+    images: dict,
+    mode: Mode,
+    profile: str,
+    errors: list[str],
+    samples: dict,
+    service: LazyfsService,
+) -> None:
     for r in range(mode.runs):
         for key in mode.images:
             spec = SPECS[key]
@@ -434,7 +467,7 @@ def cold_starts(
                 for side in sides:
                     say(f"{profile} run {r + 1}/{mode.runs}: {key}, {ck}, {side}")
                     try:
-                        sample = _cold_start(side, host, refs, argv, expected)
+                        sample = _cold_start(side, host, refs, argv, expected, service)
                     except RuntimeError as exc:  # reported, and the run goes on
                         say(f"failed: {str(exc)[-300:]}")
                         errors.append(f"{profile}, {key}, {ck}, {side}: {str(exc)[-300:]}")
@@ -445,7 +478,6 @@ def cold_starts(
                     samples.setdefault(key, {}).setdefault(ck, {}).setdefault(side, []).append(
                         _slim(sample)
                     )
-    return samples
 
 
 # ---------------------------------------------------------------- throughput
@@ -994,9 +1026,9 @@ def render_compact(res: dict) -> str:
     w(
         "| network | image | command | lazyfs s | lazyfs gzip s | containerd gzip s | ratio "
         "| lazyfs MB (% of gzip) | warm lazyfs / containerd s | containerd + lazyfs "
-        "snapshotter s (ratio, MB, warm s) |"
+        "snapshotter s (ratio, MB, warm s) | via `lazyfs service` s (ratio) |"
     )
-    w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for profile, per_image in s["cold"].items():
         for key, per_cmd in per_image.items():
             for ck, rows in per_cmd.items():
@@ -1004,6 +1036,7 @@ def render_compact(res: dict) -> str:
                     continue
                 lz, ct, gz = rows["lazyfs"], rows["containerd"], rows.get("lazyfs-gzip")
                 sn = rows.get("snapshotter")
+                sv = rows.get("lazyfs-service")
                 w(
                     f"| {profile} | {key} | `{COMMAND_LABELS[ck]}` | {lz['wall']:.2f} | "
                     + (f"{gz['wall']:.2f}" if gz else "-")
@@ -1015,6 +1048,7 @@ def render_compact(res: dict) -> str:
                         if sn
                         else "- |"
                     )
+                    + (f" {sv['wall']:.2f} ({sv['ratio']:.2f}) |" if sv else " - |")
                 )
     w()
     w(
