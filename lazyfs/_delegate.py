@@ -20,31 +20,32 @@ The protocol, on a ``SOCK_SEQPACKET`` unix socket (one message per datagram):
 
 * client → service, first: a JSON object ``{"argv", "env", "cwd", "umask"}`` with the
   client's standard input, output and error attached;
-* service → client: ``{"accepted": true}``, sent before the worker is forked (so a client
-  that sees no answer knows nothing was started), or ``{"local": REASON}`` (declined: run
-  it yourself);
-* client → service, any number: ``{"signal": N}``, forwarded to the worker;
-* service → client, last: ``{"exit": STATUS}`` (128 + N if the worker died of signal N).
+* service → client: ``accepted``, sent before the worker is forked (so a client that sees
+  no answer knows nothing was started), or ``local REASON`` (declined: run it yourself);
+* client → service, any number: ``signal N``, forwarded to the worker;
+* service → client, last: ``exit STATUS`` (128 + N if the worker died of signal N).
 
 If the client goes away before the worker ends, the worker gets ``SIGHUP`` (like a process
-whose terminal hangs up). Only the standard library is imported here.
+whose terminal hangs up). The client side imports no Python module beyond what the
+interpreter has already loaded at start: only the C parts of ``socket``, ``signal`` and
+``json`` (``socket`` and ``json`` import ``re`` and ``enum``, 10-30 ms that a start with a
+cold page cache pays in disk reads, for a process that lives to relay).
 """
 
 from __future__ import annotations
 
-import json
+import _json
+import _signal
+import _socket
 import os
-import signal
-import socket
 import sys
 
 __all__ = [
     "COMMANDS",
     "FORWARDED_SIGNALS",
     "MAX_MESSAGE",
-    "decode",
     "delegate",
-    "encode",
+    "encode_request",
     "runtime_dir",
     "service_socket",
 ]
@@ -54,13 +55,13 @@ COMMANDS = frozenset({"run", "mount", "bundle", "umount", "stats"})
 
 #: Signals the client forwards to the worker (stop requests, and the terminal's new size).
 FORWARDED_SIGNALS = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
+    _signal.SIGINT,
+    _signal.SIGTERM,
+    _signal.SIGHUP,
+    _signal.SIGQUIT,
+    _signal.SIGUSR1,
+    _signal.SIGUSR2,
+    _signal.SIGWINCH,
 )
 
 #: The largest message either side sends or accepts (the request carries the environment).
@@ -87,19 +88,21 @@ def service_socket() -> str | None:
     return os.path.join(runtime_dir(), "service.sock")
 
 
-def encode(message: dict) -> bytes:
-    data = json.dumps(message, separators=(",", ":")).encode()
+def encode_request(argv: list[str], env: dict[str, str], cwd: str, umask: int) -> bytes:
+    """The request as JSON (what ``json.dumps`` would write, strings ASCII-escaped, so lone
+    surrogates of undecodable bytes in the environment survive)."""
+
+    def string(text: str) -> str:
+        return _json.encode_basestring_ascii(text)
+
+    items = ",".join(f"{string(k)}:{string(v)}" for k, v in env.items())
+    data = (
+        f'{{"argv":[{",".join(string(a) for a in argv)}],"env":{{{items}}},'
+        f'"cwd":{string(cwd)},"umask":{int(umask)}}}'
+    ).encode("ascii")
     if len(data) > MAX_MESSAGE:
-        raise ValueError(f"message of {len(data)} bytes, over {MAX_MESSAGE}")
+        raise ValueError(f"request of {len(data)} bytes, over {MAX_MESSAGE}")
     return data
-
-
-def decode(data: bytes) -> dict:
-    """A message as a dict; ValueError if it is not a JSON object."""
-    message = json.loads(data)
-    if not isinstance(message, dict):
-        raise ValueError("not a JSON object")
-    return message
 
 
 def delegate(argv: list[str], command: str) -> int | None:
@@ -114,25 +117,24 @@ def delegate(argv: list[str], command: str) -> int | None:
     if path is None:
         return None
     try:
-        request = encode(
-            {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask()}
-        )
+        request = encode_request(argv, dict(os.environ), os.getcwd(), _umask())
     except (OSError, ValueError):  # a deleted working directory, a huge environment
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     stdio, opened = _stdio()
     try:
         try:
             sock.connect(path)
-            socket.send_fds(sock, [request], stdio)
-            answer = decode(sock.recv(MAX_MESSAGE))
-        except (OSError, ValueError):
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in stdio)
+            sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            answer = sock.recv(MAX_MESSAGE)
+        except OSError:
             return None  # nobody there, or it went away before answering: nothing started
         finally:
             for fd in opened:
                 os.close(fd)
-        if answer.get("accepted") is not True:
-            return None  # declined ({"local": why}): this process runs it
+        if answer != b"accepted":
+            return None  # declined (b"local REASON"): this process runs it
         return _wait(sock)
     finally:
         sock.close()
@@ -159,17 +161,17 @@ def _stdio() -> tuple[list[int], list[int]]:
     return fds, opened
 
 
-def _wait(sock: socket.socket) -> int:
+def _wait(sock: _socket.socket) -> int:
     """Forward signals to the worker until the service sends its exit status."""
 
     def forward(signum: int, _frame) -> None:
         try:
-            sock.send(encode({"signal": signum}))
+            sock.send(b"signal %d" % signum)
         except OSError:
             pass  # the service is gone: the recv below sees it
 
     for signum in FORWARDED_SIGNALS:
-        signal.signal(signum, forward)
+        _signal.signal(signum, forward)
     while True:
         try:
             data = sock.recv(MAX_MESSAGE)  # retried after a handler runs (PEP 475)
@@ -184,9 +186,6 @@ def _wait(sock: socket.socket) -> int:
                 file=sys.stderr,
             )
             return 125
-        try:
-            status = decode(data).get("exit")
-        except ValueError:
-            continue
-        if isinstance(status, int):
-            return status
+        word, _, value = data.partition(b" ")
+        if word == b"exit" and value.isdigit():
+            return int(value)

@@ -34,9 +34,12 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import threading
 
 from . import _delegate
+
+TYPE_CHECKING = False  # (typing itself imports re: 10 ms)
+if TYPE_CHECKING:
+    import threading
 
 __all__ = ["command_of", "list_path", "main", "read_ahead", "record", "startup_files", "wait"]
 
@@ -49,6 +52,9 @@ READ_AHEAD_THREADS = 4
 
 #: Commands that leave nothing for the interpreter's teardown to do (see :func:`main`).
 _FAST_EXIT = frozenset({"run", "mount", "bundle"})
+
+#: Whether :func:`record` writes lists (see there).
+recording = True
 
 _read: dict[str, list[str]] = {}  # path -> the list as read_ahead found it
 _threads: list[threading.Thread] = []
@@ -120,6 +126,8 @@ def read_ahead(path: str, *, threads: int = READ_AHEAD_THREADS) -> None:
     except (OSError, ValueError):
         _read[path] = []
         return
+    import threading  # (here: a command handed to a service never needs it)
+
     _read[path] = names
     absolute = [name for name in names if name.startswith("/")]
     for i in range(max(1, min(threads, len(absolute)))):
@@ -187,8 +195,11 @@ def record(path: str) -> bool:
     import less than another: an error, another option), less those that are gone. Writes
     only when that changes the list read by :func:`read_ahead` (or the file on disk, if
     :func:`read_ahead` did not read it). Returns whether it wrote. Never raises for I/O
-    reasons.
+    reasons. Does nothing when :data:`recording` is off (a ``lazyfs service`` worker has
+    every module of every command loaded: its list would not be this command's).
     """
+    if not recording:
+        return False
     before = _read.get(path)
     if before is None:
         try:

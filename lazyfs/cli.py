@@ -724,8 +724,12 @@ def _setup_logging(args: argparse.Namespace) -> None:
         logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(
+    argv: Sequence[str] | None = None, *, parser: argparse.ArgumentParser | None = None
+) -> int:
+    """The ``lazyfs`` command (``parser``: one :func:`build_parser` made earlier, as a
+    ``lazyfs service`` does once for all its workers: 3-5 ms each)."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     if args.command == "service":

@@ -26,8 +26,10 @@ callers) and waits for the running workers; a second stop request forwards SIGTE
 
 from __future__ import annotations
 
+import argparse
 import errno
 import fcntl
+import json
 import logging
 import os
 import selectors
@@ -72,12 +74,16 @@ PRELOAD = (
 REQUEST_TIMEOUT = 10.0
 
 
-def preload() -> None:
-    """Import what the served commands would import (see :data:`PRELOAD`)."""
+def preload() -> argparse.ArgumentParser:
+    """Import what the served commands would import (see :data:`PRELOAD`); the command
+    line parser, built once for every worker."""
     import importlib
 
     for name in PRELOAD:
         importlib.import_module(name)
+    from .cli import build_parser
+
+    return build_parser()
 
 
 def namespace_mismatch(pid: int) -> str | None:
@@ -114,6 +120,7 @@ class Service:
     """The listening socket and the clients being served (see the module's docstring)."""
 
     path: Path
+    parser: argparse.ArgumentParser | None = None  # the CLI's, built once
     listener: socket.socket | None = None
     clients: dict[int, _Client] = field(default_factory=dict)  # by connection fd
     workers: dict[int, _Client] = field(default_factory=dict)  # by worker pid
@@ -241,16 +248,16 @@ class Service:
         if not data:
             self._hang_up(client, selector)
             return
-        try:
-            message = _delegate.decode(data)
-        except ValueError:
-            message = {}
         if client.worker is None:
-            self._start(client, message, fds, selector)
+            try:
+                request = json.loads(data)
+            except ValueError:
+                request = None
+            self._start(client, request if isinstance(request, dict) else {}, fds, selector)
         else:
-            signum = message.get("signal")
-            if signum in _delegate.FORWARDED_SIGNALS:
-                _kill(client.worker, signum)
+            word, _, value = data.partition(b" ")
+            if word == b"signal" and value.isdigit() and int(value) in _delegate.FORWARDED_SIGNALS:
+                _kill(client.worker, int(value))
 
     def _start(
         self, client: _Client, request: dict, fds: list[int], selector: selectors.BaseSelector
@@ -283,7 +290,7 @@ class Service:
                 self._decline(client, why, selector)
                 return
             try:
-                client.conn.send(_delegate.encode({"accepted": True}))
+                client.conn.send(b"accepted")
             except OSError:
                 self._drop(client, selector)
                 return
@@ -301,7 +308,7 @@ class Service:
     def _decline(self, client: _Client, why: str, selector: selectors.BaseSelector) -> None:
         log.info("pid %d runs its command itself: %s", client.peer_pid, why)
         try:
-            client.conn.send(_delegate.encode({"local": why}))
+            client.conn.send(b"local " + why.encode())
         except OSError:
             pass
         self._drop(client, selector)
@@ -331,7 +338,7 @@ class Service:
             log.info("worker %d (lazyfs %s) ended: %d", pid, client.command, code)
             if not client.hung_up:
                 try:
-                    client.conn.send(_delegate.encode({"exit": code}))
+                    client.conn.send(b"exit %d" % code)
                 except OSError:
                     pass
             self._drop(client, None if client.hung_up else selector)
@@ -404,9 +411,10 @@ def _worker(
                 stream.reconfigure(line_buffering=stream.isatty())
             except (OSError, ValueError, AttributeError):
                 pass
-        from . import cli
+        from . import _startup, cli
 
-        code = cli.main(argv[1:])
+        _startup.recording = False
+        code = cli.main(argv[1:], parser=service.parser)
     except SystemExit as exc:  # argparse's --help and usage errors
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         if isinstance(exc.code, str):
@@ -426,8 +434,7 @@ def _worker(
 
 def serve(path: Path, *, ready=None) -> int:
     """``lazyfs service``: import everything, listen on ``path``, serve until stopped."""
-    preload()
-    service = Service(path)
+    service = Service(path, parser=preload())
     service.listen()
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # one line per command served, even without -v

@@ -125,6 +125,18 @@ def test_record_without_its_directory_does_nothing(
     assert not (tmp_path / "absent").exists()
 
 
+def test_record_does_nothing_when_recording_is_off(
+    startup_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (a lazyfs service worker: every command's modules are loaded there)
+    monkeypatch.setattr(_startup, "recording", False)
+    path = _startup.list_path("run")
+    assert _startup.record(path) is False
+    assert not Path(path).exists()
+    monkeypatch.setattr(_startup, "recording", True)
+    assert _startup.record(path) is True
+
+
 def test_the_cli_remembers_what_a_command_imported(tmp_path: Path, startup_dir: Path) -> None:
     """A command run through cli.main leaves the list the next start of it reads ahead."""
     assert cli.main(["stats", str(tmp_path)]) == 1  # not a lazyfs mount: an error, at once
