@@ -42,6 +42,7 @@ from pathlib import Path
 
 from . import _delegate
 from .errors import LazyfsError
+from .runtime import syscalls
 
 __all__ = ["NAMESPACES", "Service", "preload", "serve"]
 
@@ -295,9 +296,10 @@ class Service:
                 self._drop(client, selector)
                 return
             client.command = command
+            service_pid = os.getpid()
             pid = os.fork()
             if pid == 0:
-                _worker(self, client, argv, env, cwd, umask, fds)  # never returns
+                _worker(self, service_pid, argv, env, cwd, umask, fds)  # never returns
             client.worker = pid
             self.workers[pid] = client
             log.info("pid %d: lazyfs %s (worker %d)", client.peer_pid, command, pid)
@@ -369,7 +371,7 @@ def _kill(pid: int, signum: int) -> None:
 
 def _worker(
     service: Service,
-    client: _Client,
+    service_pid: int,
     argv: list[str],
     env: dict[str, str],
     cwd: str,
@@ -380,6 +382,11 @@ def _worker(
     code = 125
     try:
         os.setsid()  # out of the service's process group and session; no terminal
+        # If the service is killed, its clients lose their line to the worker: end the
+        # command as if the client had gone (the client reports the service's end).
+        syscalls.set_pdeathsig(signal.SIGHUP)
+        if os.getppid() != service_pid:
+            return  # it died before the line above
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(signum, signal.SIG_DFL)

@@ -226,6 +226,47 @@ def test_a_killed_client_takes_its_container_down(state, service, busybox):
     assert f"pid {process.pid} went away: SIGHUP" in service.text()
 
 
+def test_a_killed_service_takes_its_commands_down(state, busybox, tmp_path):
+    # (its own service: this one is killed, and leaves its socket file behind)
+    service = LazyfsService(LAZYFS, tmp_path / "killed").start()
+    script = f"echo ready; sleep 600; echo lazyfs-{uuid.uuid4().hex[:8]}"
+    pid_1 = f"sh\0-c\0{script}\0"
+    process = _start(state, service, busybox, "sh", "-c", script, options=("--stop-timeout", "1"))
+    try:
+        _wait_for_line(process, "ready")
+        assert service.served_pid(process.pid)
+        service.proc.kill()
+        service.proc.wait()
+        assert process.wait(timeout=15) == 125
+        # The worker got SIGHUP (PR_SET_PDEATHSIG) and stopped its container (sh, PID 1,
+        # ignores it: killed after --stop-timeout), then cleaned up (the state fixture).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+            _processes_with(pid_1, exact=True) or list(state["tmpdir"].iterdir())
+        ):
+            time.sleep(0.1)
+        assert _processes_with(pid_1, exact=True) == [], "the container outlived the service"
+        # (read only now: the container and the worker held the client's stderr too)
+        assert "the lazyfs service ended before the command did" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        _kill_leftovers(pid_1, service)
+
+
+def _kill_leftovers(pid_1: str, service: LazyfsService) -> None:
+    """After a failure: SIGHUP to workers of ``service`` still running (they clean up),
+    then SIGKILL to what is left of the container."""
+    for pid in _processes_with(f"--socket\0{service.socket}\0"):
+        os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while _processes_with(pid_1, exact=True) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in _processes_with(pid_1, exact=True):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_stopping_the_service_lets_running_commands_finish(state, service, busybox):
     process = _start(state, service, busybox, "sh", "-c", "echo ready; sleep 1; echo done")
     try:
