@@ -7,7 +7,7 @@ neither is indexed locally by streaming it once into the cache.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from ..errors import LayerIndexError
@@ -56,12 +56,14 @@ async def read_layer_index(
     annotations: Mapping[str, str],
     layer: str | None = None,
     cache_dir: Path | None = None,
-    diff_id: Digest | None = None,
+    diff_id: Digest | Callable[[], Awaitable[Digest | None]] | None = None,
 ) -> LayerIndex:
     """The index of one layer blob, in whatever format it carries one.
 
     A layer without an index is streamed once into ``cache_dir`` and indexed there
-    (``diff_id`` checks that copy); without ``cache_dir`` that is an error.
+    (``diff_id`` checks that copy); without ``cache_dir`` that is an error. ``diff_id`` may
+    be an async function giving it, awaited only for such a layer (the image config that has
+    it may still be on its way while indexes are read).
     """
     name = layer or str(blob.digest)
     index = await find_layer_index(blob, media_type=media_type, annotations=annotations, layer=name)
@@ -71,6 +73,8 @@ async def read_layer_index(
         raise LayerIndexError(
             f"layer {name} has no index and no cache directory was given to index it"
         )
+    if callable(diff_id):
+        diff_id = await diff_id()
     return await build_plain_index(
         blob, media_type=media_type, layer=name, cache_dir=cache_dir, diff_id=diff_id
     )

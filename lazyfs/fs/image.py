@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import trio
 from ..errors import unwrap_task_errors
 from ..formats.detect import read_layer_index
 from ..formats.model import LayerIndex
+from ..oci.digest import Digest
+from ..oci.manifest import ImageManifest
 from ..oci.platform import Platform
 from ..oci.resolve import ResolvedImage
 from ..oci.store import ImageStore
@@ -104,15 +107,19 @@ class LazyImage:
 
 
 async def _read_indexes(
-    store: ImageStore, image: ResolvedImage, options: MountOptions
+    store: ImageStore,
+    manifest: ImageManifest,
+    diff_id: Callable[[int], Awaitable[Digest | None]],
+    options: MountOptions,
 ) -> list[LayerIndex]:
-    layers = image.manifest.layers
+    """The index of each of ``manifest``'s layers (``diff_id(i)``: layer ``i``'s, awaited
+    only for a layer streamed whole to index it)."""
+    layers = manifest.layers
     out: list[LayerIndex | None] = [None] * len(layers)
     limiter = trio.CapacityLimiter(options.index_concurrency)
 
     async def one(i: int) -> None:
         desc = layers[i]
-        diff_id = image.config.diff_ids[i] if i < len(image.config.diff_ids) else None
         async with limiter:
             out[i] = await read_layer_index(
                 store.blob_reader(desc),
@@ -120,7 +127,7 @@ async def _read_indexes(
                 annotations=desc.annotations,
                 layer=f"#{i} {desc.digest}",
                 cache_dir=options.cache_dir,
-                diff_id=diff_id,
+                diff_id=lambda: diff_id(i),
             )
 
     with unwrap_task_errors():
@@ -131,15 +138,39 @@ async def _read_indexes(
 
 
 async def open_image(store: ImageStore, options: MountOptions) -> LazyImage:
-    """Resolve, index and merge the image ``store`` names; nothing is mounted yet."""
+    """Resolve, index and merge the image ``store`` names; nothing is mounted yet.
+
+    The layers' indexes are read as soon as the manifest is in, while the config comes.
+    """
     timings: dict[str, float] = {}
     started = time.monotonic()
-    image = await store.resolve(options.platform)
-    timings["resolve"] = time.monotonic() - started
+    resolved = trio.Event()
+    found: dict = {}  # "image": the resolved image; "indexes": what the reading gave
 
-    mark = time.monotonic()
-    indexes = await _read_indexes(store, image, options)
-    timings["index"] = time.monotonic() - mark
+    async def diff_id(i: int) -> Digest | None:
+        await resolved.wait()
+        ids = found["image"].config.diff_ids
+        return ids[i] if i < len(ids) else None
+
+    async def read(manifest: ImageManifest) -> None:
+        found["indexes"] = await _read_indexes(store, manifest, diff_id, options)
+
+    with unwrap_task_errors():
+        async with trio.open_nursery() as nursery:
+
+            def on_manifest(manifest: ImageManifest) -> None:
+                found["reading"] = True
+                nursery.start_soon(read, manifest)
+
+            image = await store.resolve(options.platform, on_manifest=on_manifest)
+            timings["resolve"] = time.monotonic() - started
+            found["image"] = image
+            resolved.set()
+            mark = time.monotonic()
+            if "reading" not in found:  # a store that does not call on_manifest
+                nursery.start_soon(read, image.manifest)
+    indexes = found["indexes"]
+    timings["index"] = time.monotonic() - mark  # what reading the indexes took beyond resolve
 
     mark = time.monotonic()
     tree = await trio.to_thread.run_sync(MergedTree.build, indexes)

@@ -58,7 +58,7 @@ from ._transport import (
 from .credentials import CredentialStore
 from .digest import Digest, Verifier
 from .hosts import HostPolicy
-from .manifest import Descriptor
+from .manifest import Descriptor, ImageManifest
 from .mirrors import Endpoint, endpoints_for
 from .multipart import boundary_from_content_type, parse_byteranges, parse_content_range
 from .platform import Platform
@@ -392,10 +392,17 @@ class RegistryClient:
 
         return await self._attempts(what, ref.registry, attempt)
 
-    async def resolve(self, ref: Reference, platform: Platform | None = None) -> ResolvedImage:
+    async def resolve(
+        self,
+        ref: Reference,
+        platform: Platform | None = None,
+        *,
+        on_manifest: Callable[[ImageManifest], object] | None = None,
+    ) -> ResolvedImage:
         """Resolve ``ref`` to one platform's manifest and config, all verified.
 
-        See :func:`~lazyfs.oci.resolve.resolve_image` for how a platform is chosen.
+        See :func:`~lazyfs.oci.resolve.resolve_image` for how a platform is chosen and for
+        ``on_manifest``.
         """
 
         async def manifest(desc: Descriptor) -> FetchedManifest:
@@ -404,7 +411,8 @@ class RegistryClient:
         async def config(desc: Descriptor) -> bytes:
             return await self.get_blob(ref, desc.digest, size=desc.size, max_size=MAX_CONFIG_SIZE)
 
-        return await resolve_image(ref, await self.get_manifest(ref), manifest, config, platform)
+        top = await self.get_manifest(ref)
+        return await resolve_image(ref, top, manifest, config, platform, on_manifest)
 
     # ------------------------------------------------------------------ blobs
 

@@ -59,12 +59,17 @@ async def resolve_image(
     fetch_manifest: Callable[[Descriptor], Awaitable[FetchedManifest]],
     fetch_config: Callable[[Descriptor], Awaitable[bytes]],
     platform: Platform | None,
+    on_manifest: Callable[[ImageManifest], object] | None = None,
 ) -> ResolvedImage:
     """Narrow ``top`` to one platform's manifest and fetch its config.
 
     An index (or Docker manifest list) is narrowed to the manifest for ``platform``
     (default: this host's). A single manifest is used as it is, unless a platform was asked
     for explicitly and the image's config says it is another one.
+
+    ``on_manifest(manifest)`` is called with the verified image manifest before its config
+    is fetched, so that a caller can start on the layers meanwhile (the image may still turn
+    out to be for another platform: then this raises after the call).
     """
     parsed = parse_manifest(
         top.data, media_type=top.media_type or None, expected=top.digest, where=f"manifest {name}"
@@ -88,6 +93,8 @@ async def resolve_image(
         if not isinstance(parsed, ImageManifest):
             raise ManifestError(f"index {index_digest} points to another index for {desc.platform}")
     manifest = parsed
+    if on_manifest is not None:
+        on_manifest(manifest)
     config_bytes = await fetch_config(manifest.config)
     config = parse_config(config_bytes, expected=manifest.config.digest)
     actual = config.platform

@@ -17,7 +17,7 @@ from ..errors import NotFound
 from .blobs import BlobReader, FileBlob, RegistryBlob
 from .digest import Digest, Verifier
 from .layout import OCILayout, parse_layout_reference
-from .manifest import Descriptor, parse_manifest
+from .manifest import Descriptor, ImageManifest, parse_manifest
 from .platform import Platform
 from .reference import Reference
 from .registry import MAX_CONFIG_SIZE, RegistryClient
@@ -40,7 +40,15 @@ class ImageStore(Protocol):
 
     async def manifest(self, desc: Descriptor) -> FetchedManifest: ...
 
-    async def resolve(self, platform: Platform | None = None) -> ResolvedImage: ...
+    async def resolve(
+        self,
+        platform: Platform | None = None,
+        *,
+        on_manifest: Callable[[ImageManifest], object] | None = None,
+    ) -> ResolvedImage:
+        """The image for ``platform``, verified (``on_manifest``: see
+        :func:`~lazyfs.oci.resolve.resolve_image`)."""
+        ...
 
     async def blob(self, desc: Descriptor) -> bytes:
         """A small blob (a config) in memory, verified."""
@@ -82,8 +90,13 @@ class RegistryStore:
     async def manifest(self, desc: Descriptor) -> FetchedManifest:
         return await self.client.get_manifest(self.ref.with_digest(desc.digest))
 
-    async def resolve(self, platform: Platform | None = None) -> ResolvedImage:
-        return await self.client.resolve(self.ref, platform)
+    async def resolve(
+        self,
+        platform: Platform | None = None,
+        *,
+        on_manifest: Callable[[ImageManifest], object] | None = None,
+    ) -> ResolvedImage:
+        return await self.client.resolve(self.ref, platform, on_manifest=on_manifest)
 
     async def blob(self, desc: Descriptor) -> bytes:
         return await self.client.get_blob(
@@ -143,8 +156,14 @@ class LayoutStore:
         parsed = parse_manifest(data, media_type=desc.media_type, expected=desc.digest)
         return FetchedManifest(data, parsed.media_type, desc.digest)
 
-    async def resolve(self, platform: Platform | None = None) -> ResolvedImage:
-        return await resolve_image(self.name, await self.top(), self.manifest, self.blob, platform)
+    async def resolve(
+        self,
+        platform: Platform | None = None,
+        *,
+        on_manifest: Callable[[ImageManifest], object] | None = None,
+    ) -> ResolvedImage:
+        top = await self.top()
+        return await resolve_image(self.name, top, self.manifest, self.blob, platform, on_manifest)
 
     async def blob(self, desc: Descriptor) -> bytes:
         return self.layout.read_blob(desc.digest)
