@@ -71,9 +71,6 @@ PRELOAD = (
     "lazyfs.runtime.zygote",
 )
 
-#: A client has this long to send its request once connected (seconds).
-REQUEST_TIMEOUT = 10.0
-
 
 def preload() -> argparse.ArgumentParser:
     """Import what the served commands would import (see :data:`PRELOAD`); the command

@@ -369,14 +369,21 @@ def test_the_program_is_prefetched_while_the_container_is_set_up(state, busybox_
 # ---------------------------------------------------------------------------- signals
 
 
-def _start(state: dict, image: str, *args: str, options: tuple[str, ...] = ()):
+def _start(
+    state: dict,
+    image: str,
+    *args: str,
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``lazyfs run`` in the background (``env``: added to the environment)."""
     return subprocess.Popen(
         _run_argv(state, image, args, options),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_run_env(state),
+        env=_run_env(state) | (env or {}),
     )
 
 
@@ -398,8 +405,14 @@ def _wait_for_line(process: subprocess.Popen, expected: str, timeout: float = 30
     ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
 )
 def test_stop_signals_are_forwarded(state, busybox, signum, code):
+    stop_signal_reaches_the_container(lambda *args: _start(state, busybox, *args), signum, code)
+
+
+def stop_signal_reaches_the_container(start, signum: int, code: int) -> subprocess.Popen:
+    """``start(*command)`` a container whose shell exits with ``code`` on ``signum``, send
+    ``signum`` to lazyfs, check that its status is ``code``; returns the finished process."""
     trap = f"trap 'exit {code}' {signal.Signals(signum).name[3:]}; echo ready; "
-    process = _start(state, busybox, "sh", "-c", trap + "while :; do sleep 0.05; done")
+    process = start("sh", "-c", trap + "while :; do sleep 0.05; done")
     try:
         _wait_for_line(process, "ready")
         process.send_signal(signum)
@@ -408,6 +421,7 @@ def test_stop_signals_are_forwarded(state, busybox, signum, code):
         if process.poll() is None:
             process.kill()
             process.wait()
+    return process
 
 
 def test_ctrl_c_ends_a_container_that_ignores_it(state, busybox):
@@ -436,24 +450,14 @@ def test_ctrl_c_ends_a_container_that_ignores_it(state, busybox):
 # ---------------------------------------------------------------------------- the terminal
 
 
-def test_tty_interactive_shell(state, busybox):
+def interactive_shell_session(argv: list[str], env: dict[str, str]) -> int:
+    """Run ``argv`` (a ``lazyfs run -it IMAGE sh``) on a new terminal, as a user's shell
+    would, with ``env`` added: check the prompt, a command, that the shell has a tty, and
+    that ``exit 3`` ends it with 3. Returns the pid it ran as."""
     pid, fd = pty.fork()
-    if pid == 0:  # the child: lazyfs on a terminal, as a user's shell would start it
-        os.environ["TMPDIR"] = str(state["tmpdir"])
-        os.execv(
-            sys.executable,
-            [
-                sys.executable,
-                "-m",
-                "lazyfs",
-                "run",
-                "--cache-dir",
-                str(state["cache"]),
-                "-it",
-                busybox,
-                "sh",
-            ],
-        )
+    if pid == 0:  # the child: lazyfs on a terminal
+        os.environ.update(env)
+        os.execv(argv[0], argv)
     output = b""
 
     def read_until(marker: bytes, timeout: float = 30) -> None:
@@ -483,6 +487,12 @@ def test_tty_interactive_shell(state, busybox):
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+    return pid
+
+
+def test_tty_interactive_shell(state, busybox):
+    argv = _run_argv(state, busybox, ("sh",), ("-it",))
+    interactive_shell_session(argv, {"TMPDIR": str(state["tmpdir"])})
 
 
 def test_kill_9_of_lazyfs_takes_the_container_down(state, busybox):

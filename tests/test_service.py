@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import shutil
 import signal
 import socket
@@ -29,7 +27,13 @@ import pytest
 from lazyfs import _delegate
 from tests import test_run
 from tests.harness.service import LazyfsService
-from tests.test_run import _processes_with, _run_argv, _wait_for_line
+from tests.test_run import (
+    _processes_with,
+    _run_argv,
+    _wait_for_line,
+    interactive_shell_session,
+    stop_signal_reaches_the_container,
+)
 
 # test_run's fixtures: the images, and the state checked for leftovers after each test.
 state = test_run.state
@@ -67,14 +71,7 @@ def _run(state, service, image, *args, options=(), **kwargs) -> subprocess.Compl
 
 
 def _start(state, service, image, *args, options=()) -> subprocess.Popen:
-    return subprocess.Popen(
-        _run_argv(state, image, args, options),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(state, service),
-    )
+    return test_run._start(state, image, *args, options=options, env=service.env())
 
 
 def _worker_ended(service: LazyfsService, timeout: float = 15) -> None:
@@ -152,39 +149,8 @@ def test_errors_and_usage_are_reported_like_lazyfs_itself(state, service, busybo
 
 
 def test_tty_interactive_shell_through_the_service(state, service, busybox):
-    pid, fd = pty.fork()
-    if pid == 0:  # lazyfs on a terminal, as a user's shell would start it
-        os.environ.update(_env(state, service))
-        os.execv(LAZYFS[0], _run_argv(state, busybox, ("sh",), ("-it",)))
-    output = b""
-
-    def read_until(marker: bytes, timeout: float = 30) -> None:
-        nonlocal output
-        deadline = time.monotonic() + timeout
-        while marker not in output and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    output += os.read(fd, 4096)
-                except OSError:
-                    break
-        assert marker in output, output.decode(errors="replace")
-
-    try:
-        read_until(b"# ")
-        os.write(fd, b"tty; echo $((6 * 7))\r")
-        read_until(b"42")
-        assert b"/dev/pts/" in output or b"/dev/console" in output
-        os.write(fd, b"exit 3\r")
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 3
-    finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+    argv = _run_argv(state, busybox, ("sh",), ("-it",))
+    pid = interactive_shell_session(argv, _env(state, service))
     assert service.served_pid(pid), service.text()
 
 
@@ -193,16 +159,8 @@ def test_tty_interactive_shell_through_the_service(state, service, busybox):
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_to_the_client_reach_the_container(state, service, busybox, signum, code):
-    trap = f"trap 'exit {code}' {signal.Signals(signum).name[3:]}; echo ready; "
-    process = _start(state, service, busybox, "sh", "-c", trap + "while :; do sleep 0.05; done")
-    try:
-        _wait_for_line(process, "ready")
-        process.send_signal(signum)
-        assert process.wait(timeout=15) == code
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    start = lambda *args: _start(state, service, busybox, *args)  # noqa: E731
+    process = stop_signal_reaches_the_container(start, signum, code)
     assert service.served_pid(process.pid)
     _worker_ended(service)  # the state fixture then checks mounts, TMPDIR and cgroups
 
