@@ -1,4 +1,4 @@
-"""A merged tree's file contents, read and prefetched through a chunk reader.
+"""A merged tree's file contents, read and prefetched through a chunk fetcher.
 
 What a mounted image (:class:`~lazyfs.fs.image.LazyImage`, one tree and one fetcher) and
 the layer server's forest (:class:`~lazyfs.fs.forest.LayerForest`, a tree and a fetcher
@@ -7,33 +7,19 @@ per layer) both do when the FUSE adapter reads a file or opens one.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from .tree import MergedTree
 
-__all__ = ["ChunkReader", "prefetch_if_mapped", "read_file"]
+if TYPE_CHECKING:
+    from .fetcher import ChunkFetcher
 
-
-class ChunkReader(Protocol):
-    """What file content is read through (a :class:`~lazyfs.fs.fetcher.ChunkFetcher`)."""
-
-    async def read(
-        self,
-        layer: int,
-        first: int,
-        count: int,
-        offset: int,
-        size: int,
-        *,
-        sequential_hint: bool = False,
-    ) -> bytes: ...
-
-    def prefetch_file(self, layer: int, first: int, count: int) -> bool: ...
+__all__ = ["prefetch_if_mapped", "read_file"]
 
 
 async def read_file(
     tree: MergedTree,
-    reader: ChunkReader,
+    fetcher: ChunkFetcher,
     ino: int,
     offset: int,
     size: int,
@@ -49,12 +35,14 @@ async def read_file(
     if content is None:
         return bytes(size)  # a file whose content is all holes
     layer, first, count = content
-    return await reader.read(layer, first, count, offset, size, sequential_hint=sequential)
+    return await fetcher.read(layer, first, count, offset, size, sequential_hint=sequential)
 
 
-def prefetch_if_mapped(tree: MergedTree, reader: ChunkReader, ino: int, *, executing: bool) -> None:
-    """File ``ino`` was opened (``executing``: by ``execve``): have ``reader`` fetch it whole
+def prefetch_if_mapped(
+    tree: MergedTree, fetcher: ChunkFetcher, ino: int, *, executing: bool
+) -> None:
+    """File ``ino`` was opened (``executing``: by ``execve``): have ``fetcher`` get it whole
     if it is one programs map (see :meth:`~lazyfs.fs.tree.MergedTree.mapped_content`)."""
     content = tree.mapped_content(ino, executing=executing)
     if content is not None:
-        reader.prefetch_file(*content)
+        fetcher.prefetch_file(*content)

@@ -47,10 +47,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
-from .files import ChunkReader, prefetch_if_mapped, read_file
+from .files import prefetch_if_mapped, read_file
 from .tree import ROOT_INODE, Attr, MergedTree
+
+if TYPE_CHECKING:
+    from .fetcher import ChunkFetcher
 
 __all__ = ["ForestLayer", "LayerForest"]
 
@@ -74,7 +77,7 @@ class ForestLayer:
 
     name: str
     tree: MergedTree
-    fetcher: ChunkReader
+    fetcher: ChunkFetcher
     base: int
     info: dict[str, Any] = field(default_factory=dict)
     added_at: float = field(default_factory=time.time)
@@ -154,7 +157,7 @@ class LayerForest:
         self,
         name: str,
         tree: MergedTree,
-        fetcher: ChunkReader,
+        fetcher: ChunkFetcher,
         *,
         info: dict[str, Any] | None = None,
     ) -> ForestLayer:

@@ -17,7 +17,7 @@ import trio
 from ..errors import DigestMismatch
 from .digest import Digest
 from .reference import Reference
-from .registry import RegistryClient
+from .registry import RegistryClient, range_slots
 
 __all__ = ["BlobReader", "BytesBlob", "FileBlob", "RegistryBlob"]
 
@@ -54,19 +54,6 @@ class BlobReader(Protocol):
 def _check(offset: int, length: int, size: int) -> None:
     if offset < 0 or length < 0 or offset + length > size:
         raise ValueError(f"range ({offset}, {length}) is outside the {size}-byte blob")
-
-
-def _slots(ranges: Sequence[tuple[int, int]], buffer: bytearray | memoryview) -> list[memoryview]:
-    """The slices of ``buffer`` the ranges go to, one after the other."""
-    view = memoryview(buffer).cast("B")
-    if len(view) < sum(length for _, length in ranges):
-        raise ValueError("buffer is smaller than the ranges asked for")
-    slots = []
-    position = 0
-    for _, length in ranges:
-        slots.append(view[position : position + length])
-        position += length
-    return slots
 
 
 class RegistryBlob:
@@ -128,7 +115,7 @@ class FileBlob:
     async def read_ranges_into(
         self, ranges: Sequence[tuple[int, int]], buffer: bytearray | memoryview
     ) -> list[memoryview]:
-        slots = _slots(ranges, buffer)
+        slots = range_slots(ranges, buffer)
         for (offset, length), slot in zip(ranges, slots, strict=True):
             slot[:] = self._pread(offset, length)
         return slots

@@ -66,7 +66,7 @@ from .reference import Reference, api_host
 from .resolve import FetchedManifest, ResolvedImage, resolve_image
 from .retry import RetryPolicy, parse_retry_after
 
-__all__ = ["FetchedManifest", "RegistryClient", "ResolvedImage", "TransferStats"]
+__all__ = ["FetchedManifest", "RegistryClient", "ResolvedImage", "TransferStats", "range_slots"]
 
 log = logging.getLogger("lazyfs.registry")
 
@@ -112,6 +112,22 @@ class _Redirect:
 
 #: Set while a mirror is tried: one attempt only, the next host is the retry.
 _ONE_ATTEMPT: contextvars.ContextVar[bool] = contextvars.ContextVar("one_attempt", default=False)
+
+
+def range_slots(
+    ranges: Sequence[tuple[int, int]], buffer: bytearray | memoryview
+) -> list[memoryview]:
+    """The slices of ``buffer`` that ``ranges`` are read into, one after the other (what
+    every ``read_ranges_into`` returns); ValueError if ``buffer`` is too small."""
+    view = memoryview(buffer).cast("B")
+    if len(view) < sum(length for _, length in ranges):
+        raise ValueError("buffer is smaller than the ranges asked for")
+    slots = []
+    position = 0
+    for _, length in ranges:
+        slots.append(view[position : position + length])
+        position += length
+    return slots
 
 
 class RegistryClient:
@@ -653,14 +669,7 @@ class RegistryClient:
         ranges: Sequence[tuple[int, int]],
         buffer: bytearray | memoryview,
     ) -> list[memoryview]:
-        view = memoryview(buffer).cast("B")
-        if len(view) < sum(length for _, length in ranges):
-            raise ValueError("buffer is smaller than the ranges asked for")
-        slots: list[memoryview] = []
-        position = 0
-        for _, length in ranges:
-            slots.append(view[position : position + length])
-            position += length
+        slots = range_slots(ranges, buffer)
         wanted = [(off, length, slots[i]) for i, (off, length) in enumerate(ranges) if length > 0]
         if not wanted:
             return slots
