@@ -55,7 +55,7 @@ from . import terminal
 from .cgroups import Cgroup
 from .config import (
     DEFAULT_CAPABILITIES,
-    DEFAULT_PATH,
+    ProcessSpec,
     ResolvedUser,
     RunOptions,
     Volume,
@@ -64,7 +64,7 @@ from .config import (
     process_spec,
     resolve_user,
 )
-from .init import InitSpec
+from .init import InitSpec, environment_path
 from .syscalls import MNT_DETACH, mount, umount2
 from .zygote import ForkedProcess, Zygote
 
@@ -182,6 +182,7 @@ class _Container:
         self.exec_done = trio.Event()
         self.exited = trio.Event()
         self.hostname = options.hostname or settings.run_id
+        self.process_spec: ProcessSpec  # set once the image is mounted (run_container)
 
     # ------------------------------------------------------------------ set-up
 
@@ -191,20 +192,14 @@ class _Container:
         for d in (upper, work, self.rootfs):
             d.mkdir()
         mount_overlay(self.lower, upper, work, self.rootfs)
-        spec = process_spec(self.image.image.config, self.options, hostname=self.hostname)
-        user = resolve_user(spec.user, self.rootfs)
-        env = apply_user_env(spec.env, user)
-        self.process_spec = spec
-        return user, env
+        user = resolve_user(self.process_spec.user, self.rootfs)
+        return user, apply_user_env(self.process_spec.env, user)
 
     async def prefetch_program(self) -> None:
         """Start fetching the command's program and the libraries it loads, while the
         container is set up (see :mod:`lazyfs.fs.programs`). Only a hint: never fails."""
-        try:
-            spec = process_spec(self.image.image.config, self.options, hostname=self.hostname)
-        except (LazyfsError, OSError):
-            return  # reported when the container is set up
-        search = next((e[5:] for e in spec.env if e.startswith("PATH=")), DEFAULT_PATH)
+        spec = self.process_spec
+        search = environment_path(spec.env)
         image = self.image
         try:
             started = await prefetch_program(
@@ -377,9 +372,12 @@ async def run_container(
                 ready = trio.Event()
                 nursery.start_soon(lambda: mount_image(image, container.lower, ready=ready))
                 await ready.wait()
-                if mount_options.prefetch:
-                    nursery.start_soon(container.prefetch_program)
                 try:
+                    container.process_spec = process_spec(
+                        image.image.config, options, hostname=container.hostname
+                    )
+                    if mount_options.prefetch:
+                        nursery.start_soon(container.prefetch_program)
                     user, env = await trio.to_thread.run_sync(container.prepare_rootfs)
                     timings["mount"] = time.monotonic() - mark
                     if options.memory or options.cpus or options.pids_limit:

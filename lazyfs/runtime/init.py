@@ -62,6 +62,7 @@ __all__ = [
     "FORWARDED_SIGNALS",
     "InitSpec",
     "SetupError",
+    "environment_path",
     "main",
     "resolve_in_root",
 ]
@@ -638,7 +639,8 @@ def _set_up_process(spec: InitSpec) -> None:
 # --------------------------------------------------------------------------------- exec
 
 
-def _environment_path(env: list[str]) -> str:
+def environment_path(env: list[str]) -> str:
+    """The ``PATH`` of a ``K=V`` environment (:data:`DEFAULT_PATH` if it has none)."""
     for entry in env:
         if entry.startswith("PATH="):
             return entry[5:]
@@ -650,7 +652,7 @@ def _exec(spec: InitSpec) -> NoReturn:
     name = spec.args[0]
     searching = "/" not in name
     if searching:
-        path = _environment_path(spec.env)
+        path = environment_path(spec.env)
         candidates = [posixpath.join(d or ".", name) for d in path.split(":")]
     else:
         candidates = [name]
