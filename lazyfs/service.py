@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from pathlib import Path
 from . import _delegate
 from .errors import LazyfsError
 from .runtime import syscalls
+from .runtime.zygote import adopt_stdio
 
 __all__ = ["NAMESPACES", "Service", "preload", "serve"]
 
@@ -394,13 +394,7 @@ def _worker(
             other.conn.close()
         for fd in service._own_fds:
             os.close(fd)
-        # Above 2 first, so that no dup2 below overwrites a descriptor still to be copied.
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
-        for fd in fds:
-            os.close(fd)
-        for target, fd in enumerate(high):
-            os.dup2(fd, target)  # inheritable, like a process's own 0, 1 and 2
-            os.close(fd)
+        adopt_stdio(fds)
         os.chdir(cwd)
         os.umask(umask)
         os.environ.clear()

@@ -95,3 +95,50 @@ def test_a_waiting_zygote_leaves_ctrl_c_to_lazyfs() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "alive"
     assert out.stderr == ""
+
+
+def test_adopt_stdio_when_the_descriptors_given_are_0_1_and_2_themselves(tmp_path):
+    # A process started with its own 0, 1 and 2 closed receives descriptors numbered 0-2:
+    # copying them into place one by one would overwrite one before it is copied.
+    import fcntl
+    import json
+
+    from lazyfs.runtime.zygote import adopt_stdio
+
+    files = [tmp_path / name for name in "ABCD"]
+    for f in files:
+        f.write_bytes(b"")
+    inode = {f.name: f.stat().st_ino for f in files}
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.set_inheritable(report_w, False)
+            for fd in (0, 1, 2):
+                os.close(fd)
+            opened = [os.open(f, os.O_RDWR) for f in files]  # 0, 1, 2 and a higher one
+            (moved,) = adopt_stdio([opened[1], opened[2], opened[0]], [opened[3]])
+            result = {
+                "stdio": [os.fstat(fd).st_ino for fd in (0, 1, 2)],
+                "moved": [moved, os.fstat(moved).st_ino],
+                "cloexec": [
+                    bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+                    for fd in (0, 1, 2, moved)
+                ],
+                "opened": opened,
+            }
+            os.write(report_w, json.dumps(result).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(report_w)
+    data = os.read(report_r, 65536)
+    os.close(report_r)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    result = json.loads(data)
+    assert result["opened"][:3] == [0, 1, 2]
+    assert result["stdio"] == [inode["B"], inode["C"], inode["A"]]
+    assert result["moved"][0] > 2 and result["moved"][1] == inode["D"]
+    assert result["cloexec"] == [False, False, False, True]

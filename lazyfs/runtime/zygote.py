@@ -22,16 +22,18 @@ fork of lazyfs would show the container lazyfs's own command line in ``/proc/1/c
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 
 import trio
 
 from .init import SETUP_FAILED
 
-__all__ = ["ForkedProcess", "Zygote"]
+__all__ = ["ForkedProcess", "Zygote", "adopt_stdio"]
 
 _START = b"start"
 
@@ -113,10 +115,8 @@ def _become_init(sock: socket.socket) -> int:
         for fd in fds:
             os.close(fd)
         return 0  # lazyfs went on without a container (or is gone)
-    spec_fd, status_fd, stdin, stdout, stderr = fds
     os.setsid()
-    for target, fd in enumerate((stdin, stdout, stderr)):
-        os.dup2(fd, target)
+    spec_fd, status_fd = adopt_stdio(fds[2:], fds[:2])
     _close_fds_except({0, 1, 2, spec_fd, status_fd})
     from .init import main as init_main
 
@@ -125,6 +125,25 @@ def _become_init(sock: socket.socket) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else SETUP_FAILED
     return SETUP_FAILED  # init_main does not return
+
+
+def adopt_stdio(stdio: Sequence[int], others: Sequence[int] = ()) -> list[int]:
+    """Make the three ``stdio`` descriptors this process's 0, 1 and 2 (inheritable), and
+    move ``others`` above 2 (close-on-exec); the descriptors given are closed. Returns the
+    new numbers of ``others``, in order.
+
+    Everything is first copied above 2, so that no ``dup2`` overwrites a descriptor still to
+    be copied: descriptors received from a process whose own 0, 1 or 2 were closed can be
+    0, 1 or 2 themselves.
+    """
+    given = [*stdio, *others]
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in given]
+    for fd in set(given):
+        os.close(fd)
+    for target, fd in enumerate(high[:3]):
+        os.dup2(fd, target)
+        os.close(fd)
+    return high[3:]
 
 
 def _close_fds_except(keep: set[int]) -> None:
