@@ -36,10 +36,11 @@ import signal
 import socket
 import sys
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _delegate
+from . import _delegate, _startup, cli
 from .errors import LazyfsError
 from .runtime import syscalls
 from .runtime.zygote import adopt_stdio
@@ -279,7 +280,7 @@ class Service:
             if not valid:
                 self._decline(client, "malformed request", selector)
                 return
-            command = _startup_command(argv)
+            command = _startup.command_of(argv)
             if command not in _delegate.COMMANDS:
                 self._decline(client, f"{command!r} is not served", selector)
                 return
@@ -353,12 +354,6 @@ class Service:
         client.conn.close()
 
 
-def _startup_command(argv: list[str]) -> str:
-    from ._startup import command_of
-
-    return command_of(argv)
-
-
 def _kill(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
@@ -378,39 +373,17 @@ def _worker(
     """In the forked worker: become the client's ``lazyfs`` and run its command."""
     code = 125
     try:
-        os.setsid()  # out of the service's process group and session; no terminal
-        # If the service is killed, its clients lose their line to the worker: end the
-        # command as if the client had gone (the client reports the service's end).
-        syscalls.set_pdeathsig(signal.SIGHUP)
-        if os.getppid() != service_pid:
-            return  # it died before the line above
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if service.listener is not None:
-            service.listener.close()
-        for other in service.clients.values():
-            other.conn.close()
-        for fd in service._own_fds:
-            os.close(fd)
-        adopt_stdio(fds)
-        os.chdir(cwd)
-        os.umask(umask)
-        os.environ.clear()
-        os.environ.update(env)
-        tempfile.tempdir = None  # computed again from the client's TMPDIR
+        try:
+            if not _take_over(service, service_pid, env, cwd, umask, fds):
+                return  # the service died before the worker could watch it
+        except OSError as exc:  # (stderr is the client's by now, or still the service's)
+            where = f": {exc.filename}" if exc.filename else ""
+            print(
+                f"lazyfs: error: cannot take the caller's place: {exc.strerror}{where}",
+                file=sys.stderr,
+            )
+            return
         sys.argv = list(argv)
-        for handler in logging.root.handlers[:]:
-            logging.root.removeHandler(handler)  # cli.main sets logging up for the client
-        log.setLevel(logging.NOTSET)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.reconfigure(line_buffering=stream.isatty())
-            except (OSError, ValueError, AttributeError):
-                pass
-        from . import _startup, cli
-
         _startup.recording = False
         code = cli.main(argv[1:], parser=service.parser)
     except SystemExit as exc:  # argparse's --help and usage errors
@@ -420,14 +393,53 @@ def _worker(
     except KeyboardInterrupt:
         code = 130
     except BaseException:
-        import traceback
-
-        traceback.print_exc()
+        traceback.print_exc()  # a bug: shown as the lazyfs command itself would show it
         code = 1
     finally:
-        from . import _startup
-
         _startup._exit_now(code)
+
+
+def _take_over(
+    service: Service,
+    service_pid: int,
+    env: dict[str, str],
+    cwd: str,
+    umask: int,
+    fds: list[int],
+) -> bool:
+    """Leave the service's state behind and take the client's: stdio, working directory,
+    umask, environment. False if the service is already gone."""
+    os.setsid()  # out of the service's process group and session; no terminal
+    # If the service is killed, its clients lose their line to the worker: end the
+    # command as if the client had gone (the client reports the service's end).
+    syscalls.set_pdeathsig(signal.SIGHUP)
+    if os.getppid() != service_pid:
+        return False
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if service.listener is not None:
+        service.listener.close()
+    for other in service.clients.values():
+        other.conn.close()
+    for fd in service._own_fds:
+        os.close(fd)
+    adopt_stdio(fds)
+    os.chdir(cwd)
+    os.umask(umask)
+    os.environ.clear()
+    os.environ.update(env)
+    tempfile.tempdir = None  # computed again from the client's TMPDIR
+    for handler in logging.root.handlers[:]:
+        logging.root.removeHandler(handler)  # cli.main sets logging up for the client
+    log.setLevel(logging.NOTSET)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=stream.isatty())
+        except (OSError, ValueError, AttributeError):
+            pass
+    return True
 
 
 def serve(path: Path, *, ready=None) -> int:

@@ -354,6 +354,30 @@ def test_malformed_requests_are_declined_and_the_service_goes_on(service, state,
     assert service.served() == 1, service.text()
 
 
+def test_a_worker_that_cannot_take_the_callers_place_says_so_in_one_line(service):
+    # A working directory gone between the request and the fork: one line on the caller's
+    # stderr and status 125, not a traceback (sent by hand: the client checks its cwd).
+    request = _delegate.encode_request(
+        ["lazyfs", "stats", "/"], dict(os.environ), "/nonexistent-lazyfs-cwd", 0o022
+    )
+    err_r, err_w = os.pipe()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        s.connect(str(service.socket))
+        socket.send_fds(s, [request], [0, 1, err_w])
+        os.close(err_w)
+        assert s.recv(65536) == b"accepted"
+        assert s.recv(65536) == b"exit 125"
+    finally:
+        s.close()
+    with os.fdopen(err_r) as err:
+        text = err.read()
+    assert text == (
+        "lazyfs: error: cannot take the caller's place: No such file or directory: "
+        "/nonexistent-lazyfs-cwd\n"
+    )
+
+
 def test_the_client_runs_the_command_itself_without_a_service(tmp_path):
     env = {**os.environ, "LAZYFS_SERVICE": str(tmp_path / "nobody-listens.sock")}
     result = subprocess.run(
