@@ -127,14 +127,11 @@ def delegate(argv: list[str], command: str) -> int | None:
             sock.connect(path)
             fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in stdio)
             sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-            answer = sock.recv(MAX_MESSAGE)
         except OSError:
-            return None  # nobody there, or it went away before answering: nothing started
+            return None  # nobody there, or it went away: nothing started
         finally:
             for fd in opened:
                 os.close(fd)
-        if answer != b"accepted":
-            return None  # declined (b"local REASON"): this process runs it
         return _wait(sock)
     finally:
         sock.close()
@@ -161,20 +158,33 @@ def _stdio() -> tuple[list[int], list[int]]:
     return fds, opened
 
 
-def _wait(sock: _socket.socket) -> int:
-    """Forward signals to the worker until the service sends its exit status."""
+def _wait(sock: _socket.socket) -> int | None:
+    """The command's status once the service sends it, signals forwarded to the worker
+    meanwhile; None if the service declines (then the signals that came are raised here)."""
+    received: list[int] = []
 
     def forward(signum: int, _frame) -> None:
+        received.append(signum)
         try:
+            # Sent after the request: the service reads it once the worker exists.
             sock.send(b"signal %d" % signum)
         except OSError:
             pass  # the service is gone: the recv below sees it
 
-    for signum in FORWARDED_SIGNALS:
-        _signal.signal(signum, forward)
+    previous = {signum: _signal.signal(signum, forward) for signum in FORWARDED_SIGNALS}
+    try:
+        answer = sock.recv(MAX_MESSAGE)  # retried after a handler runs (PEP 475)
+    except OSError:
+        answer = b""
+    if answer != b"accepted":  # b"local REASON", or no answer: nothing started
+        for signum, handler in previous.items():
+            _signal.signal(signum, handler)
+        for signum in received:  # what this process would have got running it itself
+            _signal.raise_signal(signum)
+        return None
     while True:
         try:
-            data = sock.recv(MAX_MESSAGE)  # retried after a handler runs (PEP 475)
+            data = sock.recv(MAX_MESSAGE)
         except OSError as exc:
             data, error = b"", exc
         else:

@@ -80,10 +80,9 @@ def list_path(command: str) -> str:
 def main() -> int:
     """The ``lazyfs`` command: read its files ahead, then import and run the CLI."""
     command = command_of(sys.argv)
-    if command in _delegate.COMMANDS:
-        code = _delegate.delegate(sys.argv, command)
-        if code is not None:  # a lazyfs service ran it
-            _exit_now(code)
+    code = _delegate.delegate(sys.argv, command)
+    if code is not None:  # a lazyfs service ran it
+        _exit_now(code)
     read_ahead(list_path(command))
     try:
         from .cli import main as cli_main  # the imports the threads are reading ahead for
@@ -101,9 +100,9 @@ def main() -> int:
 
 def _exit_now(code: int) -> None:
     """Flush what is buffered and exit without the interpreter's teardown."""
-    import logging
-
-    logging.shutdown()
+    logging = sys.modules.get("logging")  # not imported by a command a service ran
+    if logging is not None:
+        logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -378,6 +378,40 @@ def test_a_worker_that_cannot_take_the_callers_place_says_so_in_one_line(service
     )
 
 
+@pytest.mark.parametrize("accepted", [True, False])
+def test_a_signal_before_the_answer_reaches_the_worker_or_this_process(accepted):
+    # The client waits for "accepted" with its handlers in place: a signal then is sent on
+    # (the service reads it once the worker exists); if the service declines instead, the
+    # client raises it at itself, as it would have got it running the command itself.
+    script = textwrap.dedent(
+        f"""
+        import os, signal, socket, threading, time
+        from lazyfs import _delegate
+        client, service = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        def serve():
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGUSR1)  # while the client waits for the answer
+            print("service got", service.recv(100), flush=True)
+            service.send(b"accepted" if {accepted} else b"local busy")
+            if {accepted}:
+                service.send(b"exit 7")
+        threading.Thread(target=serve).start()
+        here = []
+        signal.signal(signal.SIGUSR1, lambda *_: here.append("SIGUSR1"))
+        print("status", _delegate._wait(client), "here", here, flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"service got b'signal {int(signal.SIGUSR1)}'" in result.stdout
+    if accepted:
+        assert "status 7 here []" in result.stdout
+    else:
+        assert "status None here ['SIGUSR1']" in result.stdout
+
+
 def test_the_client_runs_the_command_itself_without_a_service(tmp_path):
     env = {**os.environ, "LAZYFS_SERVICE": str(tmp_path / "nobody-listens.sock")}
     result = subprocess.run(
