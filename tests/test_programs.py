@@ -84,7 +84,7 @@ def elf(
 
 
 def reader(built):
-    """An async ``read(ino, offset, size)`` over the tree's layer tars, counting calls."""
+    """An async ``read(ino, offset, size)`` over the tree's layer tars."""
 
     async def read(ino: int, offset: int, size: int) -> bytes:
         return read_content(built.tree, built.tars, ino)[offset : offset + size]

@@ -145,31 +145,30 @@ async def open_image(store: ImageStore, options: MountOptions) -> LazyImage:
     timings: dict[str, float] = {}
     started = time.monotonic()
     resolved = trio.Event()
-    found: dict = {}  # "image": the resolved image; "indexes": what the reading gave
+    image: ResolvedImage | None = None
+    indexes: list[LayerIndex] | None = None
 
     async def diff_id(i: int) -> Digest | None:
         await resolved.wait()
-        ids = found["image"].config.diff_ids
+        assert image is not None
+        ids = image.config.diff_ids
         return ids[i] if i < len(ids) else None
 
     async def read(manifest: ImageManifest) -> None:
-        found["indexes"] = await _read_indexes(store, manifest, diff_id, options)
+        nonlocal indexes
+        indexes = await _read_indexes(store, manifest, diff_id, options)
 
     with unwrap_task_errors():
         async with trio.open_nursery() as nursery:
-
-            def on_manifest(manifest: ImageManifest) -> None:
-                found["reading"] = True
-                nursery.start_soon(read, manifest)
-
-            image = await store.resolve(options.platform, on_manifest=on_manifest)
+            image = await store.resolve(
+                options.platform, on_manifest=lambda m: nursery.start_soon(read, m)
+            )
             timings["resolve"] = time.monotonic() - started
-            found["image"] = image
             resolved.set()
             mark = time.monotonic()
-            if "reading" not in found:  # a store that does not call on_manifest
+            if not nursery.child_tasks and indexes is None:  # on_manifest was not called
                 nursery.start_soon(read, image.manifest)
-    indexes = found["indexes"]
+    assert indexes is not None
     timings["index"] = time.monotonic() - mark  # what reading the indexes took beyond resolve
 
     mark = time.monotonic()

@@ -250,7 +250,7 @@ async def prefetch_program(
         except (ValueError, struct.error, OSError, LazyfsError) as exc:
             log.debug("%s: not followed (%s)", tree.path(ino), exc)
             continue
-        origin = "/" + tree.path(ino).rsplit("/", 1)[0] if "/" in tree.path(ino) else "/"
+        origin = "/" + tree.path(ino).rpartition("/")[0]  # $ORIGIN: the file's directory
         if defaults is None:
             defaults = library_dirs(tree)
         dirs = [d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin) for d in runpath]
